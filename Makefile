@@ -1,0 +1,39 @@
+# Every step a fresh machine needs lives here: `make run` and `make test` install what they use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+# llama-cpp-python compiles from source; pip keeps the built wheel in its cache for the next venv.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: install install-test run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed-run
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/llama-router $(ARGS)
+
+lint: install-test
+	$(BIN)/ruff check router workers tests bench
+	$(BIN)/mypy router workers
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

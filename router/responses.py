@@ -1,0 +1,115 @@
+"""The HTTP side of a ring: an ASGI response that follows it and notices a client that leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from router.relay import Exchange
+from workers.errors import ApiError
+from workers.ring import Media, OffsetLost
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_TYPE = (b"content-type", b"application/json")
+READ_LIMIT = 1 << 20
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+class RingResponse:
+    def __init__(self, exchange: Exchange, close: Callable[[Exchange], None]) -> None:
+        self.exchange = exchange
+        self._close = close
+        self._gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
+        try:
+            await self._respond(send)
+        except OSError:
+            pass  # the client went away while we wrote
+        finally:
+            watcher.cancel()
+            self._close(self.exchange)
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._gone = True
+                self.exchange.waker.wake()
+                return
+
+    async def _respond(self, send: Send) -> None:
+        exchange, ring = self.exchange, self.exchange.ring
+        while ring.write_pos == 0 and exchange.running and not self._gone:
+            await exchange.waker.wait()
+        if self._gone:
+            return
+        if ring.write_pos == 0 and exchange.failure is not None:
+            await _send_json(send, exchange.failure.status, exchange.failure.json())
+            return
+        if ring.media is Media.EVENT_STREAM:
+            await self._stream(send)
+        else:
+            await self._send_collected(send)
+
+    async def _send_collected(self, send: Send) -> None:
+        exchange, ring = self.exchange, self.exchange.ring
+        parts: list[bytes] = []
+        offset = 0
+        async for data in self._follow():
+            parts.append(data)
+            offset += len(data)
+            ring.ack(offset)
+        if self._gone:
+            return
+        if exchange.failure is not None:
+            await _send_json(send, exchange.failure.status, exchange.failure.json())
+        else:
+            await _send_json(send, ring.status, b"".join(parts))
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        offset = 0
+        async for data in self._follow():
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            offset += len(data)
+            self.exchange.ring.ack(offset)
+        if self._gone:
+            return
+        tail = self.exchange.failure.sse() if self.exchange.failure is not None else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _follow(self) -> Any:
+        """Yield the ring's bytes as they arrive until it ends, fails, or the client leaves."""
+        exchange, ring = self.exchange, self.exchange.ring
+        offset = 0
+        while not self._gone:
+            try:
+                data = ring.read(offset, READ_LIMIT)
+            except OffsetLost:
+                exchange.failure = ApiError(500, "response overran its buffer")
+                return
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if not exchange.running:
+                if ring.write_pos == offset:
+                    return
+                continue
+            await exchange.waker.wait()
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

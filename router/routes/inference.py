@@ -1,0 +1,75 @@
+"""Inference routes: validate, find the model, wait for it, and relay the worker's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from router.responses import RingResponse
+from router.routes.common import query_flag, read_body, router_state
+from router.supervisor import Lease
+from workers.errors import ApiError
+from workers.schema import BODY_TYPES, decode_body
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer began."""
+
+
+async def infer(request: Request) -> Any:
+    route = request.url.path
+    body = await read_body(request)
+    name: str | None = decode_body(body, BODY_TYPES[route]).model
+    if not name:
+        raise ApiError(400, "model name is missing from the request")
+    state = router_state(request)
+    model = state.supervisor.find(name)
+    if model is None:
+        raise ApiError(400, f"model '{name}' not found")
+    autoload = query_flag(request, "autoload", state.config.models_autoload)
+    try:
+        lease = await until_disconnect(request, state.supervisor.acquire(model, autoload))
+    except ClientGone:
+        return Response(status_code=499)
+    return _relay(state.relay, lease, route, body)
+
+
+def _relay(relay: Any, lease: Lease, route: str, body: bytes) -> RingResponse:
+    try:
+        exchange = relay.send(lease, route, body)
+    except BaseException:
+        relay.release_lease(lease)
+        raise
+    return RingResponse(exchange, relay.close)
+
+
+async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, abandoning it (and raising ClientGone) if the client disconnects."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    raise ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+routes = [Route(path, infer, methods=["POST"]) for path in BODY_TYPES]

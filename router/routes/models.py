@@ -1,0 +1,112 @@
+"""The model table: listing, load and unload."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from router.catalog import ModelSpec
+from router.routes.common import json_response, read_body, router_state, success
+from router.supervisor import Model, Status
+from workers.errors import ApiError
+from workers.schema import decode_body
+
+
+class ModelName(msgspec.Struct):
+    model: str
+
+
+def preset_ini(spec: ModelSpec) -> str:
+    lines = [f"[{spec.id}]"]
+    lines += [f"{key} = {value}" for key, value in spec.preset.items()]
+    return "\n".join(lines) + "\n\n"
+
+
+def command_args(spec: ModelSpec) -> list[str]:
+    args = ["llama-router-model", "--model", spec.path or ""]
+    if spec.mmproj:
+        args += ["--mmproj", spec.mmproj]
+    for key, value in sorted(spec.flags.items()):
+        args += [f"--{key}", value]
+    return [*args, "--alias", spec.id]
+
+
+def model_entry(model: Model, created: int) -> dict[str, Any]:
+    spec = model.spec
+    status: dict[str, Any] = {
+        "value": model.status.public,
+        "args": command_args(spec),
+        "preset": preset_ini(spec),
+    }
+    if model.failed:
+        status["failed"] = True
+        status["exit_code"] = model.exit_code
+    if model.status is Status.LOADING and model.progress is not None:
+        status["progress"] = {
+            "stages": ["text_model"],
+            "current": "text_model",
+            "value": model.progress,
+        }
+    inputs = ["text", "image"] if spec.mmproj else ["text"]
+    entry: dict[str, Any] = {
+        "id": spec.id,
+        "aliases": sorted(spec.aliases),
+        "tags": sorted(spec.tags),
+        "object": "model",
+        "owned_by": "llamacpp",
+        "created": created,
+        "status": status,
+        "architecture": {"input_modalities": inputs, "output_modalities": ["text"]},
+        "source": spec.source,
+        "can_remove": spec.can_remove,
+    }
+    if model.info is not None and model.status.running:
+        entry["meta"] = {
+            key: model.info.get(key)
+            for key in ("n_vocab", "n_ctx", "n_ctx_train", "n_embd", "n_params", "size")
+        }
+    if model.worker is not None:
+        entry["memory"] = model.worker.resident_bytes()
+    return entry
+
+
+async def list_models(request: Request) -> Response:
+    supervisor = router_state(request).supervisor
+    created = int(time.time())
+    data = [model_entry(model, created) for model in supervisor.models.values()]
+    return json_response({"object": "list", "data": data})
+
+
+async def _named_model(request: Request, unknown_status: int) -> Model:
+    body = decode_body(await read_body(request), ModelName)
+    model = router_state(request).supervisor.find(body.model)
+    if model is None:
+        raise ApiError(unknown_status, "model is not found")
+    return model
+
+
+async def load_model(request: Request) -> Response:
+    model = await _named_model(request, 404)
+    await router_state(request).supervisor.load(model)
+    if model.failed and model.status is Status.UNLOADED:
+        raise ApiError(500, f"model name={model.id} failed to load: {model.load_error}")
+    return success()
+
+
+async def unload_model(request: Request) -> Response:
+    model = await _named_model(request, 400)
+    router_state(request).supervisor.unload(model)
+    return success()
+
+
+routes = [
+    Route("/models", list_models, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/models/load", load_model, methods=["POST"]),
+    Route("/models/unload", unload_model, methods=["POST"]),
+]

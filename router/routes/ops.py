@@ -1,0 +1,80 @@
+"""Health and router properties."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from router.routes.common import json_response, query_flag, router_state
+from router.supervisor import Status
+from workers.errors import ApiError
+
+HEALTHY = b'{"status":"ok"}'
+
+
+def build_info() -> str:
+    try:
+        return f"b{version('llama-router')}"
+    except PackageNotFoundError:
+        return "b0"
+
+
+async def health(request: Request) -> Response:
+    return Response(HEALTHY, media_type="application/json")
+
+
+async def props(request: Request) -> Response:
+    name = request.query_params.get("model")
+    if name:
+        return await model_props(request, name)
+    config = router_state(request).config
+    return json_response(
+        {
+            "role": "router",
+            "max_instances": config.models_max,
+            "models_autoload": config.models_autoload,
+            "model_alias": "llama-router",
+            "model_path": "none",
+            "default_generation_settings": {"params": None, "n_ctx": 0},
+            "ui_settings": {},
+            "build_info": build_info(),
+            "cors_proxy_enabled": False,
+        }
+    )
+
+
+async def model_props(request: Request, name: str) -> Response:
+    """A model's own props, from what its worker reported; asking never wakes a sleeping one."""
+    state = router_state(request)
+    model = state.supervisor.find(name)
+    if model is None:
+        raise ApiError(400, f"model '{name}' not found")
+    if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
+        autoload = query_flag(request, "autoload", state.config.models_autoload)
+        lease = await state.supervisor.acquire(model, autoload, touch=False)
+        state.supervisor.release(lease)
+    info = model.info or {}
+    return json_response(
+        {
+            "default_generation_settings": {"n_ctx": info.get("n_ctx", 0), "params": {}},
+            "total_slots": 1,
+            "model_alias": model.id,
+            "model_path": info.get("model_path", model.spec.path),
+            "modalities": info.get("modalities", {"vision": False, "audio": False}),
+            "chat_template": info.get("chat_template", ""),
+            "bos_token": info.get("bos_token", ""),
+            "eos_token": info.get("eos_token", ""),
+            "build_info": build_info(),
+            "is_sleeping": model.status is Status.SLEEPING,
+        }
+    )
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/v1/health", health, methods=["GET"]),
+    Route("/props", props, methods=["GET"]),
+]

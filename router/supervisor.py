@@ -1,0 +1,424 @@
+"""Which models run, and when: states, the LRU victim, one FIFO queue, sleep, TTL and stops.
+
+Every decision runs on the event loop thread in plain synchronous methods, so no two paths can
+interleave inside one; waiting happens only between them, on a model's change event. Slow work
+(a worker starting or stopping) reports back through `_on_event` / `_on_exit`.
+
+The rules, in the order the code applies them:
+- A request for a loaded or sleeping model is served at once (a sleeping one is woken).
+- A request for a model being stopped waits until it is unloaded, then loads it again.
+- Otherwise it joins one FIFO queue; requests for one model share an entry (one eviction).
+- The head of the queue takes a free slot; with none free, the least recently used idle model
+  (nothing in flight, nobody waiting for it, not pinned, not queued) is stopped for it. A busy
+  model is never stopped; when it goes idle the queue is looked at again.
+- A client that leaves gives up its claim: an entry nobody waits for is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.catalog import ModelSpec
+from router.config import RouterConfig, model_settings
+from router.processes import WorkerProcess
+from workers.errors import ApiError
+from workers.protocol import (
+    Event,
+    Exit,
+    LoadFailed,
+    Loading,
+    Ready,
+    Sleep,
+    Slept,
+    Wake,
+    Woke,
+    Wrote,
+)
+
+log = logging.getLogger("llama-router")
+
+_TICK_SECONDS = 1.0
+
+
+class Status(enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    SLEEPING = "sleeping"
+    STOPPING = "stopping"
+
+    @property
+    def running(self) -> bool:
+        return self is not Status.UNLOADED
+
+    @property
+    def public(self) -> str:
+        # A model keeps answering "loaded" until its worker is gone, as llama-server's router does.
+        return "loaded" if self is Status.STOPPING else self.value
+
+
+@dataclass(eq=False)
+class Model:
+    spec: ModelSpec
+    status: Status = Status.UNLOADED
+    worker: WorkerProcess | None = None
+    in_flight: int = 0
+    wanted: int = 0
+    last_used: float = 0.0
+    idle_since: float = 0.0
+    failed: bool = False
+    exit_code: int | None = None
+    load_error: str | None = None
+    failed_loads: int = 0
+    progress: float | None = None
+    info: dict[str, Any] | None = None
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.wanted == 0
+
+    async def wait_change(self) -> None:
+        await self.changed.wait()
+
+    def mark_changed(self) -> None:
+        self.version += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's claim on a running model; the model counts as busy until it is released."""
+
+    model: Model
+    worker: WorkerProcess
+    touch: bool
+    released: bool = False
+
+
+Publisher = Callable[[str, str, dict[str, Any] | None], None]
+
+
+def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
+    """The least recently used model that may be stopped to free a slot, if any."""
+    candidates = [
+        model
+        for model in models
+        if model.status in (Status.LOADED, Status.SLEEPING)
+        and model.idle
+        and not model.spec.pin
+        and model.id not in protected
+    ]
+    return min(candidates, key=lambda model: model.last_used, default=None)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: RouterConfig,
+        specs: dict[str, ModelSpec],
+        on_wrote: Callable[[int], None],
+        on_worker_gone: Callable[[WorkerProcess], None],
+    ) -> None:
+        self.config = config
+        self.models: dict[str, Model] = {spec.id: Model(spec) for spec in specs.values()}
+        self.names: dict[str, str] = {}
+        self._rebuild_names()
+        self.queue: deque[Model] = deque()
+        self._on_wrote = on_wrote
+        self._on_worker_gone = on_worker_gone
+        self._publishers: list[Publisher] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # --- names --------------------------------------------------------------------------------
+
+    def _rebuild_names(self) -> None:
+        self.names = {model_id: model_id for model_id in self.models}
+        for model in self.models.values():
+            for alias in model.spec.aliases:
+                self.names.setdefault(alias, model.id)
+
+    def find(self, name: str) -> Model | None:
+        model_id = self.names.get(name)
+        return self.models[model_id] if model_id is not None else None
+
+    # --- events out ---------------------------------------------------------------------------
+
+    def subscribe(self, publisher: Publisher) -> Callable[[], None]:
+        self._publishers.append(publisher)
+        return lambda: self._publishers.remove(publisher)
+
+    def _publish(self, model_id: str, event: str, data: dict[str, Any] | None = None) -> None:
+        for publisher in list(self._publishers):
+            publisher(model_id, event, data)
+
+    def _changed(self, model: Model, **extra: Any) -> None:
+        model.mark_changed()
+        self._publish(model.id, "status_change", {"status": model.status.public, **extra})
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
+        """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
+        failed_loads = model.failed_loads
+        model.wanted += 1
+        try:
+            while True:
+                seen = model.version
+                if model.status is Status.SLEEPING:
+                    self._wake(model)
+                if model.status is Status.LOADED and model.worker is not None:
+                    model.in_flight += 1
+                    if touch:
+                        model.last_used = time.monotonic()
+                    return Lease(model, model.worker, touch)
+                if model.status is Status.UNLOADED:
+                    if model.failed_loads != failed_loads:
+                        raise ApiError(500, self._load_failure(model))
+                    if not autoload:
+                        raise ApiError(400, "model is not loaded")
+                    if model not in self.queue:
+                        self.queue.append(model)
+                    self._pump()
+                    if model.version != seen:
+                        continue
+                await model.wait_change()
+        finally:
+            model.wanted -= 1
+            if model.wanted == 0 and model in self.queue:
+                self.queue.remove(model)
+                self._pump()
+
+    def release(self, lease: Lease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        model = lease.model
+        model.in_flight -= 1
+        now = time.monotonic()
+        if lease.touch:
+            model.last_used = now
+        if model.in_flight == 0:
+            model.idle_since = now
+            self._pump()
+
+    @staticmethod
+    def _load_failure(model: Model) -> str:
+        reason = model.load_error or model.spec.error or f"exit code {model.exit_code}"
+        return f"model name={model.id} failed to load: {reason}"
+
+    # --- explicit load / unload ---------------------------------------------------------------
+
+    async def load(self, model: Model) -> None:
+        """POST /models/load: start now, evicting the LRU idle model at the cap; 503 if none."""
+        if model.status.running:
+            raise ApiError(400, "model is already running")
+        if self._slot_free():
+            self._start(model)
+            return
+        victim = pick_victim(self.models.values(), {model.id, *(m.id for m in self.queue)})
+        if victim is None:
+            raise ApiError(503, "model limit reached, try again later")
+        # First in line for the slot the victim frees; the queue starts it once the victim is gone.
+        if model in self.queue:
+            self.queue.remove(model)
+        self.queue.appendleft(model)
+        model.wanted += 1
+        try:
+            self._stop(victim)
+            while model.status is Status.UNLOADED and model in self.queue:
+                await model.wait_change()
+        finally:
+            model.wanted -= 1
+            if model.wanted == 0 and model in self.queue:
+                self.queue.remove(model)
+
+    def unload(self, model: Model) -> None:
+        if not model.status.running:
+            raise ApiError(400, "model is not running")
+        if model.status is not Status.STOPPING:
+            self._stop(model)
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _running(self) -> int:
+        return sum(1 for model in self.models.values() if model.status.running)
+
+    def _slot_free(self) -> bool:
+        return self.config.models_max <= 0 or self._running() < self.config.models_max
+
+    def _pump(self) -> None:
+        """Give free slots to the queue in order; stop one idle model when the head needs it."""
+        while self.queue:
+            head = self.queue[0]
+            if head.status is Status.STOPPING:
+                return  # it gets its turn once its worker is gone
+            if head.wanted == 0 or head.status is not Status.UNLOADED:
+                self.queue.popleft()
+                continue
+            if self._slot_free():
+                self.queue.popleft()
+                self._start(head)
+                continue
+            if any(model.status is Status.STOPPING for model in self.models.values()):
+                return  # a slot is already on its way
+            victim = pick_victim(self.models.values(), {model.id for model in self.queue})
+            if victim is not None:
+                log.info("evicting %s to make room for %s", victim.id, head.id)
+                self._stop(victim)
+            return
+
+    def _start(self, model: Model) -> None:
+        model.failed = False
+        model.exit_code = None
+        model.load_error = None
+        model.info = None
+        try:
+            if model.spec.error or not model.spec.path:
+                raise ValueError(model.spec.error or "no model file")
+            settings = model_settings(
+                model.id, model.spec.path, model.spec.mmproj, model.spec.flags
+            )
+            worker = WorkerProcess(
+                settings,
+                on_event=lambda event: self._on_event(model, worker, event),
+                on_exit=lambda code: self._on_exit(model, worker, code),
+            )
+        except (ValueError, OSError) as error:
+            model.load_error = str(error)
+            model.failed = True
+            model.failed_loads += 1
+            log.error("cannot start %s: %s", model.id, error)
+            self._changed(model)
+            return
+        model.worker = worker
+        model.status = Status.LOADING
+        model.progress = 0.0
+        log.info("loading %s (pid %d)", model.id, worker.pid)
+        model.mark_changed()
+        self._publish(model.id, "model_status", {"status": "loading"})
+
+    def _stop(self, model: Model) -> None:
+        worker = model.worker
+        assert worker is not None
+        # A worker still loading cannot read its pipe: it is stopped at once. A loaded one finishes
+        # the requests already sent to it (they precede Exit on the pipe) within its stop-timeout.
+        timeout = 0.0 if model.status is Status.LOADING else model.spec.stop_timeout
+        model.status = Status.STOPPING
+        self._changed(model)
+        self._spawn_task(worker.stop(Exit(), timeout))
+
+    def _wake(self, model: Model) -> None:
+        assert model.worker is not None
+        model.worker.send(Wake())
+        model.status = Status.LOADED
+        model.idle_since = time.monotonic()
+        self._changed(model)
+
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- worker reports -----------------------------------------------------------------------
+
+    def _on_event(self, model: Model, worker: WorkerProcess, event: Event) -> None:
+        match event:
+            case Wrote():
+                self._on_wrote(event.request_id)
+            case _ if model.worker is not worker:
+                return
+            case Loading():
+                model.progress = event.value
+                progress = {"stages": ["text_model"], "current": "text_model", "value": event.value}
+                self._publish(
+                    model.id, "status_change", {"status": "loading", "progress": progress}
+                )
+            case Ready():
+                model.status = Status.LOADED
+                model.info = event.info
+                model.progress = None
+                model.last_used = model.idle_since = time.monotonic()
+                log.info("%s is loaded", model.id)
+                self._changed(model, info=event.info)
+                self._pump()
+            case LoadFailed():
+                model.load_error = event.message
+                log.error("%s", event.message)
+            case Slept() | Woke():
+                pass
+
+    def _on_exit(self, model: Model, worker: WorkerProcess, code: int) -> None:
+        self._on_worker_gone(worker)
+        if model.worker is not worker:
+            return
+        asked = model.status is Status.STOPPING
+        if model.status is Status.LOADING or model.load_error:
+            model.failed_loads += 1
+        if not asked:
+            model.failed = True
+            model.exit_code = code
+            log.error("worker of %s exited unexpectedly with %s", model.id, code)
+        model.worker = None
+        model.status = Status.UNLOADED
+        model.progress = None
+        self._changed(model, exit_code=code)
+        self._pump()
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the `load-on-startup` models and start the idle timer."""
+        eager = [model for model in self.models.values() if model.spec.load_on_startup]
+        if self.config.models_max > 0 and len(eager) > self.config.models_max:
+            raise ApiError(
+                500,
+                f"number of models to load on startup ({len(eager)}) exceeds models_max "
+                f"({self.config.models_max})",
+            )
+        for model in eager:
+            self._start(model)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_SECONDS)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        sleep_after = self.config.sleep_idle_seconds
+        for model in self.models.values():
+            if model.status is not Status.LOADED or not model.idle:
+                continue
+            idle_for = now - model.idle_since
+            if model.spec.ttl is not None and idle_for >= model.spec.ttl:
+                log.info("%s idle for %.0fs: unloading (ttl)", model.id, idle_for)
+                self._stop(model)
+            elif sleep_after is not None and idle_for >= sleep_after and model.worker:
+                model.worker.send(Sleep())
+                model.status = Status.SLEEPING
+                self._changed(model)
+
+    async def shutdown(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for model in self.models.values():
+            if model.worker is not None and model.status is not Status.STOPPING:
+                self._stop(model)
+        stops = [m.worker.wait() for m in self.models.values() if m.worker is not None]
+        await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,78 @@
+"""Tiny random-weight llama GGUF models: real files that llama.cpp loads in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+BYTE_TOKENS = 256
+VOCAB = 3 + BYTE_TOKENS
+EOS_TOKEN = 2
+
+
+def write_tiny_llama(
+    path: Path,
+    seed: int = 0,
+    embedding: int = 64,
+    blocks: int = 2,
+    heads: int = 4,
+    feed_forward: int = 128,
+    context: int = 4096,
+    pooling: int | None = None,
+) -> Path:
+    """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(path.stem)
+    writer.add_context_length(context)
+    writer.add_embedding_length(embedding)
+    writer.add_block_count(blocks)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(embedding // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if pooling is not None:
+        writer.add_pooling_type(gguf.PoolingType(pooling))
+    writer.add_tokenizer_model("llama")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(BYTE_TOKENS)]
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * VOCAB)
+    writer.add_token_types([2, 3, 3] + [6] * BYTE_TOKENS)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(EOS_TOKEN)
+    writer.add_unk_token_id(0)
+
+    def tensor(name: str, *shape: int, scale: float = 0.02) -> None:
+        values = rng.normal(0.0, scale, size=shape).astype(np.float32)
+        writer.add_tensor(name, values)
+
+    def ones(name: str, size: int) -> None:
+        writer.add_tensor(name, np.ones(size, dtype=np.float32))
+
+    tensor("token_embd.weight", VOCAB, embedding, scale=1.0)
+    ones("output_norm.weight", embedding)
+    tensor("output.weight", VOCAB, embedding, scale=0.5)
+    for block in range(blocks):
+        prefix = f"blk.{block}"
+        ones(f"{prefix}.attn_norm.weight", embedding)
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensor(f"{prefix}.{part}.weight", embedding, embedding)
+        ones(f"{prefix}.ffn_norm.weight", embedding)
+        tensor(f"{prefix}.ffn_gate.weight", feed_forward, embedding)
+        tensor(f"{prefix}.ffn_up.weight", feed_forward, embedding)
+        tensor(f"{prefix}.ffn_down.weight", embedding, feed_forward)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_slow_llama(path: Path, seed: int = 0) -> Path:
+    """About 43 MB: a few hundred tokens per second, for requests that must stay busy a while."""
+    return write_tiny_llama(path, seed=seed, embedding=512, blocks=4, heads=8, feed_forward=1024)

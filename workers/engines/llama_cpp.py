@@ -1,0 +1,433 @@
+"""The llama-cpp-python engine: loads one GGUF model and answers the llama-server routes."""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import gc
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
+import msgspec
+
+from workers.engines.sampling import completion_kwargs
+from workers.errors import ApiError
+from workers.protocol import ModelSettings
+from workers.schema import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    decode_body,
+    decode_object,
+)
+
+POOLING = {
+    "none": llama_lib.LLAMA_POOLING_TYPE_NONE,
+    "mean": llama_lib.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_lib.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_lib.LLAMA_POOLING_TYPE_LAST,
+    "rank": llama_lib.LLAMA_POOLING_TYPE_RANK,
+}
+
+CancelCheck = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """The client went away or asked to stop; generation ends at the next token."""
+
+
+@contextmanager
+def _load_progress(report: Callable[[float], None]) -> Iterator[None]:
+    """Hook llama.cpp's load progress callback into Llama(), which does not expose it."""
+    default_params = llama_lib.llama_model_default_params
+
+    @llama_lib.llama_progress_callback
+    def on_progress(value: float, _user: ctypes.c_void_p) -> bool:
+        report(float(value))
+        return True
+
+    def params_with_progress() -> Any:
+        params = default_params()
+        params.progress_callback = on_progress
+        return params
+
+    llama_lib.llama_model_default_params = params_with_progress
+    try:
+        yield
+    finally:
+        llama_lib.llama_model_default_params = default_params
+
+
+class LlamaEngine:
+    def __init__(self, settings: ModelSettings, report_progress: Callable[[float], None]) -> None:
+        self.settings = settings
+        self._report_progress = report_progress
+        self.llm: llama_cpp.Llama | None = None
+        self._load()
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        s = self.settings
+        if not os.path.isfile(s.path):
+            raise FileNotFoundError(f"model file not found: {s.path}")
+        pooling = POOLING.get(s.pooling or "", llama_lib.LLAMA_POOLING_TYPE_UNSPECIFIED)
+        with _load_progress(self._report_progress):
+            self.llm = llama_cpp.Llama(
+                model_path=s.path,
+                n_ctx=s.ctx_size,
+                n_batch=s.batch_size,
+                n_ubatch=s.ubatch_size,
+                n_threads=s.threads,
+                n_threads_batch=s.threads_batch or s.threads,
+                n_gpu_layers=s.n_gpu_layers,
+                seed=s.seed if s.seed >= 0 else llama_lib.LLAMA_DEFAULT_SEED,
+                embedding=s.embeddings,
+                pooling_type=pooling,
+                chat_format=None,
+                verbose=False,
+            )
+
+    def sleep(self) -> None:
+        self.llm = None
+        gc.collect()
+
+    def wake(self) -> None:
+        if self.llm is None:
+            self._load()
+
+    @property
+    def model(self) -> llama_cpp.Llama:
+        if self.llm is None:
+            self._load()
+        assert self.llm is not None
+        return self.llm
+
+    def info(self) -> dict[str, Any]:
+        llm = self.model
+        meta = llm.metadata
+        return {
+            "model_path": self.settings.path,
+            "n_ctx": llm.n_ctx(),
+            "n_ctx_train": llm._model.n_ctx_train(),
+            "n_embd": llm.n_embd(),
+            "n_vocab": llm.n_vocab(),
+            "n_params": llm._model.n_params(),
+            "size": llm._model.size(),
+            "architecture": meta.get("general.architecture", ""),
+            "chat_template": self.settings.chat_template or meta.get("tokenizer.chat_template", ""),
+            "bos_token": _piece(llm, llm.token_bos()),
+            "eos_token": _piece(llm, llm.token_eos()),
+            "embeddings": self.settings.embeddings,
+            "pooling": _pooling_name(int(llm.pooling_type())) if self.settings.embeddings else None,
+            "modalities": {"vision": self.settings.mmproj is not None, "audio": False},
+        }
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def handle(self, route: str, body: bytes, cancelled: CancelCheck) -> Response:
+        handler = _ROUTES.get(route)
+        if handler is None:
+            raise ApiError(404, f"route {route} is not served by this model")
+        return handler(self, body, cancelled)
+
+    def _require_generation(self) -> None:
+        if self.settings.embeddings:
+            raise ApiError(
+                501, "This server does not support completions. Start it without `--embeddings`"
+            )
+
+    def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
+        self._require_generation()
+        request = decode_object(body)
+        kwargs = completion_kwargs(request, self.settings)
+        kwargs["messages"] = request["messages"]
+        gate = TokenGate(cancelled)
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
+        for key in ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs"):
+            if key in request:
+                kwargs[key] = request[key]
+        if not request.get("stream"):
+            result = _run_cancellable(lambda: self.model.create_chat_completion(**kwargs))
+            return Response.json(200, result)
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        chunks = _run_cancellable(lambda: self.model.create_chat_completion(**kwargs, stream=True))
+        return Response.stream(self._stream_openai(chunks, gate, include_usage))
+
+    def completions(self, body: bytes, cancelled: CancelCheck) -> Response:
+        self._require_generation()
+        request = decode_object(body)
+        kwargs = completion_kwargs(request, self.settings)
+        kwargs["prompt"] = _prompt(request.get("prompt", ""))
+        gate = TokenGate(cancelled)
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
+        for key in ("echo", "suffix", "logprobs"):
+            if key in request:
+                kwargs[key] = request[key]
+        if not request.get("stream"):
+            result = _run_cancellable(lambda: self.model.create_completion(**kwargs))
+            return Response.json(200, result)
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        chunks = _run_cancellable(lambda: self.model.create_completion(**kwargs, stream=True))
+        return Response.stream(self._stream_openai(chunks, gate, include_usage))
+
+    def _stream_openai(
+        self, chunks: Iterator[Any], gate: TokenGate, include_usage: bool
+    ) -> Iterator[bytes]:
+        last: dict[str, Any] = {}
+        try:
+            for chunk in chunks:
+                last = chunk
+                yield b"data: " + _json(chunk) + b"\n\n"
+        except Cancelled:
+            return
+        if include_usage and last:
+            prompt_tokens = max(self.model.n_tokens - gate.tokens, 0)
+            usage_chunk = {**last, "choices": [], "usage": _usage(prompt_tokens, gate.tokens)}
+            yield b"data: " + _json(usage_chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def native_completion(self, body: bytes, cancelled: CancelCheck) -> Response:
+        """llama-server's own `/completion`: `content`/`stop` objects instead of OpenAI choices."""
+        self._require_generation()
+        request = decode_object(body)
+        kwargs = completion_kwargs(request, self.settings)
+        prompt = _prompt(request.get("prompt", ""))
+        kwargs["prompt"] = prompt
+        gate = TokenGate(cancelled)
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
+        model_name = request.get("model") or self.settings.model_id
+        prompt_tokens = len(self._tokens_of(prompt))
+        chunks = _run_cancellable(lambda: self.model.create_completion(**kwargs, stream=True))
+
+        def final(content: str, finish_reason: str | None) -> dict[str, Any]:
+            predicted = gate.tokens
+            return {
+                "index": 0,
+                "content": content,
+                "tokens": [],
+                "id_slot": 0,
+                "stop": True,
+                "model": model_name,
+                "tokens_predicted": predicted,
+                "tokens_evaluated": prompt_tokens,
+                "prompt": prompt if isinstance(prompt, str) else "",
+                "truncated": False,
+                "stop_type": "limit" if finish_reason == "length" else "eos",
+                "stopping_word": "",
+                "tokens_cached": prompt_tokens + predicted,
+            }
+
+        if not request.get("stream"):
+            parts: list[str] = []
+            finish_reason = None
+            try:
+                for chunk in chunks:
+                    parts.append(chunk["choices"][0]["text"])
+                    finish_reason = chunk["choices"][0]["finish_reason"] or finish_reason
+            except Cancelled as error:
+                raise ApiError(400, "request cancelled") from error
+            return Response.json(200, final("".join(parts), finish_reason))
+
+        def events() -> Iterator[bytes]:
+            finish_reason = None
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    finish_reason = choice["finish_reason"] or finish_reason
+                    if choice["text"]:
+                        event = {
+                            "index": 0,
+                            "content": choice["text"],
+                            "tokens": [],
+                            "stop": False,
+                            "id_slot": 0,
+                            "tokens_predicted": gate.tokens,
+                            "tokens_evaluated": prompt_tokens,
+                        }
+                        yield b"data: " + _json(event) + b"\n\n"
+            except Cancelled:
+                return
+            yield b"data: " + _json(final("", finish_reason)) + b"\n\n"
+
+        return Response.stream(events())
+
+    def embeddings(self, body: bytes, cancelled: CancelCheck) -> Response:
+        request = decode_body(body, EmbeddingRequest)
+        if not self.settings.embeddings:
+            raise ApiError(
+                501, "This server does not support embeddings. Start it with `--embeddings`"
+            )
+        llm = self.model
+        if int(llm.pooling_type()) == llama_lib.LLAMA_POOLING_TYPE_NONE:
+            raise ApiError(
+                400,
+                "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
+            )
+        texts = _embedding_texts(request.input, llm)
+        vectors, tokens = llm.embed(texts, normalize=True, return_count=True)
+        as_base64 = request.encoding_format == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _base64_floats(vector) if as_base64 else vector,
+            }
+            for index, vector in enumerate(vectors)
+        ]
+        result = {
+            "object": "list",
+            "data": data,
+            "model": request.model or self.settings.model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response.json(200, result)
+
+    def tokenize(self, body: bytes, cancelled: CancelCheck) -> Response:
+        request = decode_body(body, TokenizeRequest)
+        llm = self.model
+        tokens = llm.tokenize(
+            request.content.encode(), add_bos=request.add_special, special=request.parse_special
+        )
+        if not request.with_pieces:
+            return Response.json(200, {"tokens": tokens})
+        pieces = [{"id": token, "piece": _piece_value(llm, token)} for token in tokens]
+        return Response.json(200, {"tokens": pieces})
+
+    def detokenize(self, body: bytes, cancelled: CancelCheck) -> Response:
+        request = decode_body(body, DetokenizeRequest)
+        n_vocab = self.model.n_vocab()
+        if any(not 0 <= token < n_vocab for token in request.tokens):
+            raise ApiError(400, f"token ids must be between 0 and {n_vocab - 1}")
+        text = self.model.detokenize(request.tokens).decode("utf-8", errors="replace")
+        return Response.json(200, {"content": text})
+
+    def _tokens_of(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        return self.model.tokenize(prompt.encode(), add_bos=True, special=True)
+
+
+class Response:
+    """What a route produced: a JSON body now, or SSE events to be pulled one by one."""
+
+    def __init__(self, status: int, body: bytes | None, events: Iterator[bytes] | None) -> None:
+        self.status = status
+        self.body = body
+        self.events = events
+
+    @classmethod
+    def json(cls, status: int, value: Any) -> Response:
+        return cls(status, _json(value), None)
+
+    @classmethod
+    def stream(cls, events: Iterator[bytes]) -> Response:
+        return cls(200, None, events)
+
+
+_ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
+    "/v1/chat/completions": LlamaEngine.chat,
+    "/chat/completions": LlamaEngine.chat,
+    "/v1/completions": LlamaEngine.completions,
+    "/completions": LlamaEngine.completions,
+    "/completion": LlamaEngine.native_completion,
+    "/v1/embeddings": LlamaEngine.embeddings,
+    "/embeddings": LlamaEngine.embeddings,
+    "/tokenize": LlamaEngine.tokenize,
+    "/detokenize": LlamaEngine.detokenize,
+}
+
+ROUTES = frozenset(_ROUTES)
+
+
+def _embedding_texts(value: str | list[Any], llm: llama_cpp.Llama) -> list[str]:
+    """Strings, one token list, or several token lists, as llama-server accepts them."""
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif value and all(isinstance(item, int) for item in value):
+        items = [value]
+    else:
+        items = value
+    texts = []
+    for item in items:
+        if isinstance(item, list) and all(isinstance(token, int) for token in item):
+            item = llm.detokenize(item).decode("utf-8", errors="replace")
+        if not isinstance(item, str):
+            raise ApiError(400, "input must be a string, a list of strings or token ids")
+        if not item:
+            raise ApiError(400, "Input content cannot be empty")
+        texts.append(item)
+    if not texts:
+        raise ApiError(400, "Input content cannot be empty")
+    return texts
+
+
+class TokenGate:
+    """A logits processor, so it runs once per sampled token: counts them, stops on cancel."""
+
+    def __init__(self, cancelled: CancelCheck) -> None:
+        self._cancelled = cancelled
+        self.tokens = 0
+
+    def __call__(self, _input_ids: Any, scores: Any) -> Any:
+        if self._cancelled():
+            raise Cancelled
+        self.tokens += 1
+        return scores
+
+
+def _run_cancellable(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Cancelled as error:
+        raise ApiError(400, "request cancelled") from error
+    except ValueError as error:
+        raise ApiError(400, str(error)) from error
+
+
+def _prompt(value: Any) -> str | list[int]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, int) for item in value):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    raise ApiError(400, "prompt must be a string, a list of token ids or a list of one string")
+
+
+_json = msgspec.json.encode
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _piece(llm: llama_cpp.Llama, token: int) -> str:
+    if token < 0:
+        return ""
+    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+
+def _piece_value(llm: llama_cpp.Llama, token: int) -> str | list[int]:
+    raw = llm.detokenize([token], special=True)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
+
+
+def _pooling_name(value: int) -> str:
+    return next((name for name, code in POOLING.items() if code == value), "unspecified")

@@ -1,0 +1,145 @@
+"""Model worker: one process, one model. Loads it, then serves requests that arrive on its pipe.
+
+Responses never travel back on the pipe: the worker writes the exact response bytes into the
+request's shared-memory ring and only sends a small `Wrote` note so readers wake up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing import parent_process
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING
+
+from workers.errors import ApiError
+from workers.protocol import (
+    EXIT_LOAD_FAILED,
+    CommandCodec,
+    Event,
+    EventCodec,
+    Exit,
+    Infer,
+    LoadFailed,
+    Loading,
+    ModelSettings,
+    Ready,
+    Sleep,
+    Slept,
+    Wake,
+    Woke,
+    Wrote,
+)
+from workers.ring import Cancelled, Media, Ring, RingState
+
+if TYPE_CHECKING:
+    from workers.engines.llama_cpp import LlamaEngine
+
+_PROGRESS_INTERVAL = 0.05
+
+
+def run(settings: ModelSettings, conn: Connection) -> None:
+    """Process entry point (multiprocessing target)."""
+    os.setpgrp()  # one group per worker, so the router can signal the worker and its children
+    _exit_with_parent()
+    commands, events = CommandCodec(), EventCodec()
+
+    def send(event: Event) -> None:
+        conn.send_bytes(events.encode(event))
+
+    engine = _load(settings, send)
+    send(Ready(engine.info()))
+    while True:
+        try:
+            command = commands.decode(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        match command:
+            case Infer():
+                serve(engine, command, send)
+            case Sleep():
+                engine.sleep()
+                send(Slept())
+            case Wake():
+                engine.wake()
+                send(Woke())
+            case Exit():
+                return
+
+
+def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine:
+    # Imported here so that a spawn child reports `loading` before paying for the import.
+    send(Loading(0.0))
+    from workers.engines.llama_cpp import LlamaEngine
+
+    last = 0.0
+
+    def report(value: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if value >= 1.0 or now - last >= _PROGRESS_INTERVAL:
+            last = now
+            send(Loading(value))
+
+    try:
+        return LlamaEngine(settings, report)
+    except Exception as error:
+        send(LoadFailed(f"failed to load model '{settings.model_id}': {error}"))
+        sys.exit(EXIT_LOAD_FAILED)
+
+
+def serve(engine: LlamaEngine, request: Infer, send: Callable[[Event], None]) -> None:
+    try:
+        ring = Ring.attach(request.ring)
+    except FileNotFoundError:
+        return  # the client left before the request reached us
+    started = False
+    try:
+        if ring.cancelled:
+            return
+        response = engine.handle(request.route, request.body, lambda: ring.cancelled)
+        if response.events is None:
+            assert response.body is not None
+            ring.begin(response.status, Media.JSON)
+            ring.write(response.body)
+            return
+        for event in response.events:
+            if not started:
+                ring.begin(200, Media.EVENT_STREAM)
+                started = True
+            ring.write(event)
+            send(Wrote(request.request_id))
+    except Cancelled:
+        pass
+    except ApiError as error:
+        _write_error(ring, error, started)
+    except Exception as error:  # a bug or an engine failure must not kill the worker
+        _write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
+    finally:
+        ring.finish(RingState.DONE)
+        ring.close()
+        send(Wrote(request.request_id))
+
+
+def _write_error(ring: Ring, error: ApiError, started: bool) -> None:
+    if started:
+        ring.write(error.sse())
+    else:
+        ring.begin(error.status, Media.JSON)
+        ring.write(error.json())
+
+
+def _exit_with_parent() -> None:
+    """Die with the router, even when it was SIGKILLed and could not tell us."""
+    parent = parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

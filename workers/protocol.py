@@ -1,0 +1,108 @@
+"""Typed messages on the pipe between the router and a model worker.
+
+Two tagged unions: commands go to the worker, events come back. Each pipe end builds one encoder
+and one decoder and moves whole messages with `send_bytes`/`recv_bytes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    pass
+
+
+class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything a worker needs to load one model."""
+
+    model_id: str
+    path: str
+    mmproj: str | None = None
+    ctx_size: int = 4096
+    threads: int | None = None
+    threads_batch: int | None = None
+    batch_size: int = 2048
+    ubatch_size: int = 512
+    n_gpu_layers: int = 0
+    seed: int = -1
+    n_predict: int = -1
+    embeddings: bool = False
+    pooling: str | None = None
+    chat_template: str | None = None
+    sampling: dict[str, Any] = {}
+
+
+# Commands: router -> worker
+
+
+class Infer(_Message, tag="infer", frozen=True):
+    request_id: int
+    route: str
+    body: bytes
+    ring: str
+
+
+class Sleep(_Message, tag="sleep", frozen=True):
+    pass
+
+
+class Wake(_Message, tag="wake", frozen=True):
+    pass
+
+
+class Exit(_Message, tag="exit", frozen=True):
+    pass
+
+
+Command = Infer | Sleep | Wake | Exit
+
+
+# Events: worker -> router
+
+
+class Loading(_Message, tag="loading", frozen=True):
+    value: float
+
+
+class Ready(_Message, tag="ready", frozen=True):
+    info: dict[str, Any]
+
+
+class LoadFailed(_Message, tag="load_failed", frozen=True):
+    message: str
+
+
+class Wrote(_Message, tag="wrote", frozen=True):
+    """New bytes (or the end) are in the ring of `request_id`."""
+
+    request_id: int
+
+
+class Slept(_Message, tag="slept", frozen=True):
+    pass
+
+
+class Woke(_Message, tag="woke", frozen=True):
+    pass
+
+
+Event = Loading | Ready | LoadFailed | Wrote | Slept | Woke
+
+
+class CommandCodec:
+    def __init__(self) -> None:
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode = msgspec.msgpack.Decoder(Command).decode
+
+
+class EventCodec:
+    def __init__(self) -> None:
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode = msgspec.msgpack.Decoder(Event).decode
+
+
+# A worker that cannot load its model exits with this code; the router does not retry it in a loop.
+EXIT_LOAD_FAILED = 3

@@ -1,0 +1,255 @@
+"""A byte ring in shared memory: one writer, any number of readers, in any process.
+
+Bytes live at absolute offsets from 0; the ring keeps the newest `capacity` of them. A reader
+never gets torn bytes: the writer publishes how far it is about to write (`reserve`) before it
+copies, and a reader checks that mark after its copy; if the copy may have been overwritten it
+reports `OffsetLost` instead. The header words are 8-byte aligned single stores (memoryview
+casts, not byte loops), ordered as x86-64 and other TSO machines keep them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from multiprocessing import resource_tracker, shared_memory
+
+MAGIC = 0x4C4C52494E4731  # "LLRING1"
+HEADER_BYTES = 128
+
+_MAGIC, _CAPACITY, _WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _FLAGS = range(8)
+_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS = range(8, 12)
+
+_FLAG_BACKPRESSURE = 1
+_BACKPRESSURE_SLEEP = 0.0005
+
+SEGMENT_PREFIX = "llama_router_"
+
+
+class RingState(enum.IntEnum):
+    RUNNING = 0
+    DONE = 1
+    FAILED = 2
+
+
+class Media(enum.IntEnum):
+    """What the response bytes are, decided by the writer before its first byte."""
+
+    UNKNOWN = 0
+    JSON = 1
+    EVENT_STREAM = 2
+
+
+class OffsetLost(Exception):
+    """The requested bytes have already dropped off the front of the ring."""
+
+
+class Cancelled(Exception):
+    """The ring was cancelled while the writer waited for room."""
+
+
+def segment_name(owner_pid: int, serial: int) -> str:
+    return f"{SEGMENT_PREFIX}{owner_pid}_{serial}"
+
+
+def owner_of(name: str) -> int | None:
+    """The pid encoded in a segment name of ours, or None for anybody else's segment."""
+    if not name.startswith(SEGMENT_PREFIX):
+        return None
+    pid, _, serial = name[len(SEGMENT_PREFIX) :].partition("_")
+    return int(pid) if pid.isdigit() and serial.isdigit() else None
+
+
+@contextmanager
+def _untracked() -> Iterator[None]:
+    # Before Python 3.13 every attach registers the segment with the resource tracker, which the
+    # whole process tree shares; the owner's unlink would then be reported twice or undone.
+    register = resource_tracker.register
+    resource_tracker.register = lambda name, rtype: None
+    try:
+        yield
+    finally:
+        resource_tracker.register = register
+
+
+def _attach_segment(name: str) -> shared_memory.SharedMemory:
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    with _untracked():
+        return shared_memory.SharedMemory(name=name)
+
+
+class Ring:
+    def __init__(self, segment: shared_memory.SharedMemory, owner: bool) -> None:
+        self._segment = segment
+        self._owner = owner
+        buf = segment.buf
+        assert buf is not None
+        self._words = buf[:HEADER_BYTES].cast("Q")
+        if self._words[_MAGIC] != MAGIC:
+            self._words.release()
+            raise ValueError(f"{segment.name} is not a llama-router ring")
+        self.capacity = self._words[_CAPACITY]
+        self._data = buf[HEADER_BYTES : HEADER_BYTES + self.capacity]
+
+    @classmethod
+    def create(cls, name: str, capacity: int, backpressure: bool = False) -> Ring:
+        """Create and own a ring; only the owner unlinks it."""
+        segment = shared_memory.SharedMemory(name=name, create=True, size=HEADER_BYTES + capacity)
+        buf = segment.buf
+        assert buf is not None
+        words = buf[:HEADER_BYTES].cast("Q")
+        words[_CAPACITY] = capacity
+        words[_FLAGS] = _FLAG_BACKPRESSURE if backpressure else 0
+        words[_STATUS] = 200
+        words[_STARTED_NS] = time.time_ns()
+        words[_MAGIC] = MAGIC
+        words.release()
+        return cls(segment, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Ring:
+        return cls(_attach_segment(name), owner=False)
+
+    @property
+    def name(self) -> str:
+        return self._segment.name
+
+    # --- header -------------------------------------------------------------------------------
+
+    @property
+    def write_pos(self) -> int:
+        return self._words[_WRITE]
+
+    @property
+    def start_pos(self) -> int:
+        """The oldest offset still held."""
+        return max(0, self._words[_WRITE] - self.capacity)
+
+    @property
+    def state(self) -> RingState:
+        return RingState(self._words[_STATE])
+
+    @property
+    def cancelled(self) -> bool:
+        return self._words[_CANCEL] != 0
+
+    def cancel(self) -> None:
+        self._words[_CANCEL] = 1
+
+    @property
+    def status(self) -> int:
+        return self._words[_STATUS]
+
+    @property
+    def media(self) -> Media:
+        return Media(self._words[_MEDIA])
+
+    @property
+    def started_ns(self) -> int:
+        return self._words[_STARTED_NS]
+
+    @property
+    def ended_ns(self) -> int:
+        return self._words[_ENDED_NS]
+
+    def begin(self, status: int, media: Media) -> None:
+        """Set the response head; readers look at it once the first byte or the end is there."""
+        self._words[_STATUS] = status
+        self._words[_MEDIA] = media
+
+    def finish(self, state: RingState = RingState.DONE) -> None:
+        self._words[_ENDED_NS] = time.time_ns()
+        self._words[_STATE] = state
+
+    def ack(self, offset: int) -> None:
+        """The primary reader has consumed everything before `offset` (used for backpressure)."""
+        self._words[_ACK] = offset
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Append `data`. With backpressure, wait for the primary reader instead of overwriting."""
+        view = memoryview(data)
+        backpressure = bool(self._words[_FLAGS] & _FLAG_BACKPRESSURE)
+        while view:
+            end = self._words[_WRITE]
+            room = self.capacity - (end - self._words[_ACK]) if backpressure else self.capacity
+            if room <= 0:
+                if self._words[_CANCEL]:
+                    raise Cancelled
+                time.sleep(_BACKPRESSURE_SLEEP)
+                continue
+            chunk = view[: min(len(view), room)]
+            self._words[_RESERVE] = end + len(chunk)
+            self._copy_in(end % self.capacity, chunk)
+            self._words[_WRITE] = end + len(chunk)
+            view = view[len(chunk) :]
+
+    def _copy_in(self, at: int, chunk: memoryview) -> None:
+        first = min(len(chunk), self.capacity - at)
+        self._data[at : at + first] = chunk[:first]
+        if first < len(chunk):
+            self._data[: len(chunk) - first] = chunk[first:]
+
+    def read(self, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes from `offset` up to what is written (at most `limit`); b"" when none yet."""
+        end = min(self._words[_WRITE], offset + limit)
+        if offset >= end:
+            return b""
+        if offset < end - self.capacity:
+            raise OffsetLost(offset)
+        at = offset % self.capacity
+        first = min(end - offset, self.capacity - at)
+        data = bytes(self._data[at : at + first])
+        if first < end - offset:
+            data += bytes(self._data[: end - offset - first])
+        if offset < self._words[_RESERVE] - self.capacity:
+            raise OffsetLost(offset)
+        return data
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._words.release()
+        self._data.release()
+        self._segment.close()
+
+    def unlink(self) -> None:
+        """Remove the segment's name; mapped readers keep their view until they close."""
+        if not self._owner:
+            raise PermissionError("only the ring's owner unlinks it")
+        with suppress(FileNotFoundError):
+            self._segment.unlink()
+
+
+def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink ring segments whose owning router is gone; other programs' segments are untouched."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(shm_dir)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        pid = owner_of(name)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,108 @@
+"""Request bodies of the inference routes, validated with msgspec.
+
+The router checks a body against these before it spends a model load on it; the worker decodes
+the same bytes again to read the fields it uses. Unknown fields pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from workers.errors import ApiError
+
+T = TypeVar("T")
+
+
+class Sampling(msgspec.Struct, omit_defaults=True):
+    model: str | None = None
+    stream: bool = False
+    temperature: float | None = None
+    temp: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n_predict: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    logit_bias: dict[str, float | bool] | list[list[Any]] | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+class Message(msgspec.Struct):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = []
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[Any] | None = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    input: str | list[Any] = ""
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class TokenizeRequest(msgspec.Struct):
+    content: str = ""
+    model: str | None = None
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(msgspec.Struct):
+    tokens: list[int] = []
+    model: str | None = None
+
+
+BODY_TYPES: dict[str, type] = {
+    "/v1/chat/completions": ChatRequest,
+    "/chat/completions": ChatRequest,
+    "/v1/completions": CompletionRequest,
+    "/completions": CompletionRequest,
+    "/completion": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/embeddings": EmbeddingRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
+}
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """Decode a JSON body as `kind`; malformed JSON and wrong types answer 400."""
+    return _decode(body, kind)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body; anything else answers 400."""
+    value = _decode(body, Any)
+    if not isinstance(value, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return value
+
+
+def _decode(body: bytes, kind: Any) -> Any:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, f"invalid request: {error}") from error
+    except msgspec.DecodeError as error:
+        raise ApiError(400, f"malformed JSON: {error}") from error
