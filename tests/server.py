@@ -67,7 +67,9 @@ class RouterProcess:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=json, timeout=kwargs.pop("timeout", 60), **kwargs)
+        return requests.post(
+            self.url + path, json=json, timeout=kwargs.pop("timeout", 60), **kwargs
+        )
 
     def model(self, model_id: str) -> dict[str, Any]:
         for entry in self.get("/models").json()["data"]:
@@ -122,3 +124,19 @@ def _not_zombie(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def model_worker_pids(router_pid: int) -> list[int]:
+    """The router's model workers (spawn children), not its resource tracker."""
+    try:
+        children = psutil.Process(router_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [child.pid for child in children if "spawn_main" in " ".join(_cmdline(child))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

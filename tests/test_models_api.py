@@ -33,7 +33,9 @@ def test_lists_models_dir_with_entry_shape(router, models_dir: Path) -> None:
     }
 
 
-def test_presets_merge_settings_and_aliases_resolve(router, models_dir: Path, tmp_path: Path) -> None:
+def test_presets_merge_settings_and_aliases_resolve(
+    router, models_dir: Path, tmp_path: Path
+) -> None:
     preset = tmp_path / "presets.ini"
     preset.write_text(
         f"""
@@ -130,7 +132,9 @@ def test_lru_eviction_at_cap_two(router, models_dir: Path) -> None:
     assert server.status("tiny-c") == "loaded"
     assert server.status("tiny-b") == "unloaded"
     assert "failed" not in server.model("tiny-b")["status"]
-    running = [e for e in server.get("/models").json()["data"] if e["status"]["value"] != "unloaded"]
+    running = [
+        e for e in server.get("/models").json()["data"] if e["status"]["value"] != "unloaded"
+    ]
     assert len(running) == 2
 
 
@@ -153,9 +157,13 @@ def test_load_at_cap_evicts_idle_and_503_when_all_busy(router, models_dir: Path)
         (b'{"model": "ghost", "messages": []}', 400, "model 'ghost' not found"),
     ],
 )
-def test_bad_requests_answer_openai_errors(router, models_dir: Path, body, status, fragment) -> None:
+def test_bad_requests_answer_openai_errors(
+    router, models_dir: Path, body, status, fragment
+) -> None:
     server = router("--models-dir", str(models_dir))
-    reply = server.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    reply = server.post(
+        "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     assert reply.status_code == status
     error = reply.json()["error"]
     assert error["code"] == status
@@ -169,7 +177,9 @@ def test_unknown_route_and_oversize_body(router, models_dir: Path) -> None:
     missing = server.get("/v2/nothing")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
-    big = server.post("/v1/chat/completions", {"model": "tiny-a", "messages": [], "pad": "x" * 2000})
+    big = server.post(
+        "/v1/chat/completions", {"model": "tiny-a", "messages": [], "pad": "x" * 2000}
+    )
     assert big.status_code == 413
     assert big.json()["error"]["code"] == 413
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
-import msgspec
 
-from workers.engines.sampling import completion_kwargs
+from workers.engines.completions import Completions, chat_formatter
+from workers.engines.response import Response
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
 from workers.schema import (
@@ -23,7 +23,6 @@ from workers.schema import (
     EmbeddingRequest,
     TokenizeRequest,
     decode_body,
-    decode_object,
 )
 
 POOLING = {
@@ -35,10 +34,6 @@ POOLING = {
 }
 
 CancelCheck = Callable[[], bool]
-
-
-class Cancelled(Exception):
-    """The client went away or asked to stop; generation ends at the next token."""
 
 
 @contextmanager
@@ -68,6 +63,7 @@ class LlamaEngine:
         self.settings = settings
         self._report_progress = report_progress
         self.llm: llama_cpp.Llama | None = None
+        self._completions: Completions | None = None
         self._load()
 
     # --- lifetime -----------------------------------------------------------------------------
@@ -95,6 +91,7 @@ class LlamaEngine:
 
     def sleep(self) -> None:
         self.llm = None
+        self._completions = None
         gc.collect()
 
     def wake(self) -> None:
@@ -142,120 +139,25 @@ class LlamaEngine:
                 501, "This server does not support completions. Start it without `--embeddings`"
             )
 
+    @property
+    def completions(self) -> Completions:
+        self._require_generation()
+        llm = self.model
+        if self._completions is None or self._completions.llm is not llm:
+            bos, eos = _piece(llm, llm.token_bos()), _piece(llm, llm.token_eos())
+            formatter = chat_formatter(llm, self.settings, bos, eos)
+            self._completions = Completions(llm, self.settings, formatter)
+        return self._completions
+
     def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
-        self._require_generation()
-        request = decode_object(body)
-        kwargs = completion_kwargs(request, self.settings)
-        kwargs["messages"] = request["messages"]
-        gate = TokenGate(cancelled)
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
-        for key in ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs"):
-            if key in request:
-                kwargs[key] = request[key]
-        if not request.get("stream"):
-            result = _run_cancellable(lambda: self.model.create_chat_completion(**kwargs))
-            return Response.json(200, result)
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        chunks = _run_cancellable(lambda: self.model.create_chat_completion(**kwargs, stream=True))
-        return Response.stream(self._stream_openai(chunks, gate, include_usage))
+        return self.completions.chat(body, cancelled)
 
-    def completions(self, body: bytes, cancelled: CancelCheck) -> Response:
-        self._require_generation()
-        request = decode_object(body)
-        kwargs = completion_kwargs(request, self.settings)
-        kwargs["prompt"] = _prompt(request.get("prompt", ""))
-        gate = TokenGate(cancelled)
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
-        for key in ("echo", "suffix", "logprobs"):
-            if key in request:
-                kwargs[key] = request[key]
-        if not request.get("stream"):
-            result = _run_cancellable(lambda: self.model.create_completion(**kwargs))
-            return Response.json(200, result)
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        chunks = _run_cancellable(lambda: self.model.create_completion(**kwargs, stream=True))
-        return Response.stream(self._stream_openai(chunks, gate, include_usage))
-
-    def _stream_openai(
-        self, chunks: Iterator[Any], gate: TokenGate, include_usage: bool
-    ) -> Iterator[bytes]:
-        last: dict[str, Any] = {}
-        try:
-            for chunk in chunks:
-                last = chunk
-                yield b"data: " + _json(chunk) + b"\n\n"
-        except Cancelled:
-            return
-        if include_usage and last:
-            prompt_tokens = max(self.model.n_tokens - gate.tokens, 0)
-            usage_chunk = {**last, "choices": [], "usage": _usage(prompt_tokens, gate.tokens)}
-            yield b"data: " + _json(usage_chunk) + b"\n\n"
-        yield b"data: [DONE]\n\n"
+    def text_completions(self, body: bytes, cancelled: CancelCheck) -> Response:
+        return self.completions.completions(body, cancelled)
 
     def native_completion(self, body: bytes, cancelled: CancelCheck) -> Response:
         """llama-server's own `/completion`: `content`/`stop` objects instead of OpenAI choices."""
-        self._require_generation()
-        request = decode_object(body)
-        kwargs = completion_kwargs(request, self.settings)
-        prompt = _prompt(request.get("prompt", ""))
-        kwargs["prompt"] = prompt
-        gate = TokenGate(cancelled)
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([gate])
-        model_name = request.get("model") or self.settings.model_id
-        prompt_tokens = len(self._tokens_of(prompt))
-        chunks = _run_cancellable(lambda: self.model.create_completion(**kwargs, stream=True))
-
-        def final(content: str, finish_reason: str | None) -> dict[str, Any]:
-            predicted = gate.tokens
-            return {
-                "index": 0,
-                "content": content,
-                "tokens": [],
-                "id_slot": 0,
-                "stop": True,
-                "model": model_name,
-                "tokens_predicted": predicted,
-                "tokens_evaluated": prompt_tokens,
-                "prompt": prompt if isinstance(prompt, str) else "",
-                "truncated": False,
-                "stop_type": "limit" if finish_reason == "length" else "eos",
-                "stopping_word": "",
-                "tokens_cached": prompt_tokens + predicted,
-            }
-
-        if not request.get("stream"):
-            parts: list[str] = []
-            finish_reason = None
-            try:
-                for chunk in chunks:
-                    parts.append(chunk["choices"][0]["text"])
-                    finish_reason = chunk["choices"][0]["finish_reason"] or finish_reason
-            except Cancelled as error:
-                raise ApiError(400, "request cancelled") from error
-            return Response.json(200, final("".join(parts), finish_reason))
-
-        def events() -> Iterator[bytes]:
-            finish_reason = None
-            try:
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    finish_reason = choice["finish_reason"] or finish_reason
-                    if choice["text"]:
-                        event = {
-                            "index": 0,
-                            "content": choice["text"],
-                            "tokens": [],
-                            "stop": False,
-                            "id_slot": 0,
-                            "tokens_predicted": gate.tokens,
-                            "tokens_evaluated": prompt_tokens,
-                        }
-                        yield b"data: " + _json(event) + b"\n\n"
-            except Cancelled:
-                return
-            yield b"data: " + _json(final("", finish_reason)) + b"\n\n"
-
-        return Response.stream(events())
+        return self.completions.native(body, cancelled)
 
     def embeddings(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_body(body, EmbeddingRequest)
@@ -313,28 +215,11 @@ class LlamaEngine:
         return self.model.tokenize(prompt.encode(), add_bos=True, special=True)
 
 
-class Response:
-    """What a route produced: a JSON body now, or SSE events to be pulled one by one."""
-
-    def __init__(self, status: int, body: bytes | None, events: Iterator[bytes] | None) -> None:
-        self.status = status
-        self.body = body
-        self.events = events
-
-    @classmethod
-    def json(cls, status: int, value: Any) -> Response:
-        return cls(status, _json(value), None)
-
-    @classmethod
-    def stream(cls, events: Iterator[bytes]) -> Response:
-        return cls(200, None, events)
-
-
 _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
     "/v1/chat/completions": LlamaEngine.chat,
     "/chat/completions": LlamaEngine.chat,
-    "/v1/completions": LlamaEngine.completions,
-    "/completions": LlamaEngine.completions,
+    "/v1/completions": LlamaEngine.text_completions,
+    "/completions": LlamaEngine.text_completions,
     "/completion": LlamaEngine.native_completion,
     "/v1/embeddings": LlamaEngine.embeddings,
     "/embeddings": LlamaEngine.embeddings,
@@ -365,50 +250,6 @@ def _embedding_texts(value: str | list[Any], llm: llama_cpp.Llama) -> list[str]:
     if not texts:
         raise ApiError(400, "Input content cannot be empty")
     return texts
-
-
-class TokenGate:
-    """A logits processor, so it runs once per sampled token: counts them, stops on cancel."""
-
-    def __init__(self, cancelled: CancelCheck) -> None:
-        self._cancelled = cancelled
-        self.tokens = 0
-
-    def __call__(self, _input_ids: Any, scores: Any) -> Any:
-        if self._cancelled():
-            raise Cancelled
-        self.tokens += 1
-        return scores
-
-
-def _run_cancellable(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except Cancelled as error:
-        raise ApiError(400, "request cancelled") from error
-    except ValueError as error:
-        raise ApiError(400, str(error)) from error
-
-
-def _prompt(value: Any) -> str | list[int]:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(item, int) for item in value):
-        return value
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        return value[0]
-    raise ApiError(400, "prompt must be a string, a list of token ids or a list of one string")
-
-
-_json = msgspec.json.encode
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 def _base64_floats(vector: list[float]) -> str:

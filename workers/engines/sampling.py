@@ -11,8 +11,9 @@ from typing import Any
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
 
+# generation argument -> llama-server default
 DEFAULTS: dict[str, float] = {
-    "temperature": 0.8,
+    "temp": 0.8,
     "top_k": 40,
     "top_p": 0.95,
     "min_p": 0.05,
@@ -24,7 +25,7 @@ DEFAULTS: dict[str, float] = {
 
 # Settings keys (llama-server flag names) for each generation argument.
 _SETTING_KEYS = {
-    "temperature": "temp",
+    "temp": "temp",
     "top_k": "top-k",
     "top_p": "top-p",
     "min_p": "min-p",
@@ -38,8 +39,8 @@ _SETTING_KEYS = {
 def completion_kwargs(request: dict[str, Any], settings: ModelSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for name, default in DEFAULTS.items():
-        value = request.get(name)
-        if name == "temperature" and value is None:
+        value = request.get("temperature" if name == "temp" else name)
+        if name == "temp" and value is None:
             value = request.get("temp")
         if value is None:
             value = settings.sampling.get(_SETTING_KEYS[name], default)

@@ -1,0 +1,127 @@
+"""Crashes and exits: a killed worker, a killed router, and what they leave behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from tests.server import RouterProcess, model_worker_pids, segments_of
+from tests.tinymodels import EOS_TOKEN
+
+LONG_STREAM = {
+    "model": "slow",
+    "stream": True,
+    "max_tokens": 3000,
+    "logit_bias": {str(EOS_TOKEN): -100},
+    "messages": [{"role": "user", "content": "go"}],
+}
+
+
+def test_worker_killed_mid_stream(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir))
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    reply = requests.post(
+        server.url + "/v1/chat/completions", json=LONG_STREAM, stream=True, timeout=60
+    )
+    lines = reply.iter_lines()
+    first = [next(lines) for _ in range(6)]
+    assert any(line.startswith(b"data: {") for line in first)
+    (slow_pid,) = set(model_worker_pids(server.proc.pid)) - set(_pids_of(server, "tiny-a"))
+    os.kill(slow_pid, signal.SIGKILL)
+    started = time.monotonic()
+    rest = [line for line in lines if line.startswith(b"data: ")]
+    assert time.monotonic() - started < 5
+    last = json.loads(rest[-1][len(b"data: ") :])
+    assert last["error"]["code"] == 500
+    assert last["error"]["type"] == "server_error"
+    assert b"data: [DONE]" not in rest
+
+    entry = server.wait_status("slow", "unloaded")
+    assert entry["status"]["failed"] is True
+    assert entry["status"]["exit_code"] == -signal.SIGKILL
+    assert server.status("tiny-a") == "loaded"  # the others keep serving
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+
+    again = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 3})
+    assert again.status_code == 200, again.text
+    assert "failed" not in server.model("slow")["status"]
+
+
+def test_worker_killed_during_non_streamed_request_answers_500(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir))
+    server.post("/models/load", {"model": "slow"})
+    server.wait_status("slow", "loaded")
+    (pid,) = model_worker_pids(server.proc.pid)
+    body = {**LONG_STREAM, "stream": False}
+    killer = _kill_later(pid, 0.5)
+    reply = server.post("/v1/chat/completions", body)
+    killer.join()
+    assert reply.status_code == 500
+    assert reply.json()["error"]["type"] == "server_error"
+
+
+def test_router_sigkill_takes_workers_down_and_restart_sweeps(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    server = RouterProcess(["--models-dir", str(models_dir)], tmp_path / "cache").wait_ready()
+    reply = requests.post(
+        server.url + "/v1/chat/completions", json=LONG_STREAM, stream=True, timeout=60
+    )
+    next(reply.iter_lines())
+    workers = model_worker_pids(server.proc.pid)
+    assert workers and segments_of(server.proc.pid)
+    server.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 3
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers), "workers outlived a SIGKILLed router"
+    reply.close()
+
+    stale = f"/dev/shm/llama_router_{server.proc.pid}_999"
+    Path(stale).write_bytes(b"x")  # as if the resource tracker had not cleaned up either
+    foreign = Path("/dev/shm/someone_elses_segment")
+    foreign.write_bytes(b"y")
+    try:
+        second = RouterProcess(["--models-dir", str(models_dir)], tmp_path / "cache").wait_ready()
+        assert not Path(stale).exists()
+        assert foreign.exists()
+        second.stop()
+    finally:
+        foreign.unlink()
+
+
+def _pids_of(server: RouterProcess, model_id: str) -> list[int]:
+    entry = server.model(model_id)
+    pids = model_worker_pids(server.proc.pid)
+    return [
+        pid for pid in pids if entry["status"]["value"] == "loaded" and _rss(pid) == entry["memory"]
+    ]
+
+
+def _rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_later(pid: int, delay: float):
+    import threading
+
+    def kill() -> None:
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread

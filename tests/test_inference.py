@@ -1,0 +1,174 @@
+"""Inference through the router: OpenAI shapes, streams, embeddings, tokens, the openai client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from tests.tinymodels import EOS_TOKEN, write_tiny_llama
+
+NO_EOS = {"logit_bias": {str(EOS_TOKEN): -100}}
+
+
+def sse_events(response: requests.Response) -> list[str]:
+    """The `data:` payloads of an event stream, in order."""
+    events = []
+    for block in response.content.decode().split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                events.append(line[len("data: ") :])
+    return events
+
+
+@pytest.fixture
+def tiny_router(router, models_dir: Path):
+    return router("--models-dir", str(models_dir))
+
+
+def test_streamed_chat_has_openai_chunks_and_done(tiny_router) -> None:
+    body = {
+        "model": "tiny-a",
+        "stream": True,
+        "max_tokens": 12,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream_options": {"include_usage": True},
+        **NO_EOS,
+    }
+    reply = tiny_router.post("/v1/chat/completions", body, stream=True)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(reply)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    ids = {chunk["id"] for chunk in chunks}
+    assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["model"] == "tiny-a"
+        assert isinstance(chunk["created"], int)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finals[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] >= 12
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text
+
+
+def test_non_streamed_completion(tiny_router) -> None:
+    reply = tiny_router.post(
+        "/v1/completions", {"model": "tiny-b", "prompt": "Once", "max_tokens": 8, **NO_EOS}
+    )
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["object"] == "text_completion"
+    assert body["model"] == "tiny-b"
+    assert body["id"].startswith("cmpl-")
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["text"]
+    assert body["usage"]["completion_tokens"] >= 8
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_streamed_completion_and_native_completion(tiny_router) -> None:
+    reply = tiny_router.post(
+        "/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 5, "stream": True}
+    )
+    events = sse_events(reply)
+    assert events[-1] == "[DONE]"
+    assert all(json.loads(e)["object"] == "text_completion" for e in events[:-1])
+
+    native = tiny_router.post(
+        "/completion", {"model": "tiny-a", "prompt": "x", "n_predict": 6, **NO_EOS}
+    )
+    body = native.json()
+    assert body["stop"] is True
+    assert body["stop_type"] == "limit"
+    assert body["tokens_predicted"] >= 6
+    assert isinstance(body["content"], str) and body["content"]
+
+    streamed = tiny_router.post(
+        "/completion", {"model": "tiny-a", "prompt": "x", "n_predict": 4, "stream": True, **NO_EOS}
+    )
+    events = [json.loads(e) for e in sse_events(streamed)]  # llama-server sends no [DONE] here
+    assert events[-1]["stop"] is True
+    assert all(e["stop"] is False for e in events[:-1])
+    assert "".join(e["content"] for e in events)
+
+
+def test_tokenize_detokenize_round_trip(tiny_router) -> None:
+    text = "Hello, router!"
+    tokens = tiny_router.post("/tokenize", {"model": "tiny-a", "content": text}).json()["tokens"]
+    assert tokens and all(isinstance(token, int) for token in tokens)
+    back = tiny_router.post("/detokenize", {"model": "tiny-a", "tokens": tokens}).json()
+    # the byte-only test vocabulary has no "▁" token, so SentencePiece's space marker stays as is
+    assert back["content"].replace("\u2581", " ").strip() == text
+    pieces = tiny_router.post(
+        "/tokenize", {"model": "tiny-a", "content": "Hi", "with_pieces": True}
+    ).json()["tokens"]
+    ids = tiny_router.post("/tokenize", {"model": "tiny-a", "content": "Hi"}).json()["tokens"]
+    assert [piece["id"] for piece in pieces] == ids
+    assert all(isinstance(p["piece"], (str, list)) for p in pieces)
+    bad = tiny_router.post("/detokenize", {"model": "tiny-a", "tokens": [999999]})
+    assert bad.status_code == 400
+
+
+def test_embeddings_with_pooling_flag(router, tmp_path: Path) -> None:
+    models = tmp_path / "emb"
+    write_tiny_llama(models / "embedder.gguf", seed=3)
+    server = router("--models-dir", str(models), "--embeddings", "--pooling", "mean")
+    reply = server.post("/v1/embeddings", {"model": "embedder", "input": ["one", "two"]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "list"
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    assert len(body["data"][0]["embedding"]) == 64
+    assert body["data"][0]["embedding"] != body["data"][1]["embedding"]
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_embeddings_without_pooling_is_a_400_and_disabled_is_a_501(router, tmp_path: Path) -> None:
+    models = tmp_path / "emb"
+    write_tiny_llama(models / "plain.gguf", seed=4)
+    preset = tmp_path / "p.ini"
+    preset.write_text(f"[pooled]\nmodel = {models / 'plain.gguf'}\nembeddings = true\n")
+    server = router("--models-dir", str(models), "--models-preset", str(preset))
+    none = server.post("/v1/embeddings", {"model": "pooled", "input": "x"})
+    assert none.status_code == 400
+    assert "Pooling type 'none'" in none.json()["error"]["message"]
+    disabled = server.post("/v1/embeddings", {"model": "plain", "input": "x"})
+    assert disabled.status_code == 501
+    assert disabled.json()["error"]["type"] == "not_supported_error"
+    assert server.status("pooled") == "loaded"  # a bad request does not crash the worker
+
+
+def test_openai_client_chat_completions_embeddings(
+    router, tmp_path: Path, models_dir: Path
+) -> None:
+    preset = tmp_path / "p.ini"
+    preset.write_text(
+        f"[embedder]\nmodel = {models_dir / 'tiny-c.gguf'}\nembeddings = true\npooling = mean\n"
+    )
+    server = router("--models-dir", str(models_dir), "--models-preset", str(preset))
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    chat = client.chat.completions.create(
+        model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    assert chat.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(
+        model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+    )
+    assert next(chunk.object for chunk in stream) == "chat.completion.chunk"
+    completion = client.completions.create(model="tiny-b", prompt="x", max_tokens=5)
+    assert completion.choices[0].finish_reason in ("length", "stop")
+    vectors = client.embeddings.create(model="embedder", input=["a", "b"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
+    models = {model.id for model in client.models.list()}
+    assert {"tiny-a", "embedder"} <= models
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])

@@ -1,0 +1,158 @@
+"""The token loop: sample with llama-cpp-python, decode UTF-8 incrementally, honour stop strings.
+
+llama-cpp-python's own streaming re-detokenizes the whole completion on every token and can
+hold text back indefinitely on byte-level output; this loop does constant work per token,
+checks the cancel flag between tokens, and counts exactly what it generated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+from workers.errors import ApiError
+
+SAMPLER_ARGS = (
+    "temp",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
+@dataclass
+class Outcome:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    cancelled: bool = False
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class LogitBias:
+    """A logits processor that adds per-token biases (`false` in a request bans a token)."""
+
+    def __init__(self, bias: dict[int, float]) -> None:
+        self._tokens = list(bias)
+        self._amounts = list(bias.values())
+
+    def __call__(self, _input_ids: Any, scores: Any) -> Any:
+        scores[self._tokens] += self._amounts
+        return scores
+
+
+def grammar_for(request: dict[str, Any]) -> LlamaGrammar | None:
+    """llama-server's `grammar` / `json_schema`, or OpenAI's `response_format`."""
+    try:
+        if isinstance(request.get("grammar"), str) and request["grammar"]:
+            return LlamaGrammar.from_string(request["grammar"], verbose=False)
+        schema = request.get("json_schema")
+        response_format = request.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema", {})
+        elif response_format.get("type") == "json_object":
+            schema = response_format.get("schema")
+            if schema is None:
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if schema is not None:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except (ValueError, RuntimeError, TypeError, AttributeError) as error:
+        raise ApiError(400, f"invalid grammar or schema: {error}") from error
+    return None
+
+
+def generate(
+    llm: llama_cpp.Llama,
+    prompt_tokens: list[int],
+    params: dict[str, Any],
+    cancelled: Callable[[], bool],
+    outcome: Outcome,
+) -> Iterator[str]:
+    """Yield the completion's text piece by piece; `outcome` holds counts and the finish reason."""
+    n_ctx = llm.n_ctx()
+    if len(prompt_tokens) >= n_ctx:
+        raise ApiError(
+            400,
+            f"request ({len(prompt_tokens)} tokens) exceeds the available context size "
+            f"({n_ctx} tokens), try increasing it",
+        )
+    max_tokens = params.get("max_tokens")
+    stops = [stop for stop in _stops(params.get("stop")) if stop]
+    bias = params.get("logit_bias") or {}
+    processors = llama_cpp.LogitsProcessorList([LogitBias(bias)]) if bias else None
+    if params.get("seed") is not None:
+        llm.set_seed(int(params["seed"]))
+    sampler = {name: params[name] for name in SAMPLER_ARGS if name in params}
+    vocab = llm._model.vocab
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    held = ""
+    tokens = llm.generate(
+        prompt_tokens, logits_processor=processors, grammar=params.get("grammar"), **sampler
+    )
+    for token in tokens:
+        if cancelled():
+            outcome.cancelled = True
+            return
+        if llama_lib.llama_vocab_is_eog(vocab, token):
+            outcome.finish_reason = "stop"
+            break
+        outcome.completion_tokens += 1
+        text = held + decoder.decode(llm._model.token_to_piece(token, special=False))
+        cut = _first_stop(text, stops)
+        if cut is not None:
+            if text[:cut]:
+                yield text[:cut]
+            outcome.finish_reason = "stop"
+            return
+        keep = _stop_prefix_length(text, stops)
+        held = text[len(text) - keep :]
+        if len(text) > keep:
+            yield text[: len(text) - keep]
+        if max_tokens is not None and outcome.completion_tokens >= max_tokens:
+            outcome.finish_reason = "length"
+            break
+        if len(prompt_tokens) + outcome.completion_tokens >= n_ctx - 1:
+            outcome.finish_reason = "length"
+            break
+    rest = held + decoder.decode(b"", final=True)
+    if rest:
+        yield rest
+
+
+def _stops(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [index for stop in stops if (index := text.find(stop)) >= 0]
+    return min(positions) if positions else None
+
+
+def _stop_prefix_length(text: str, stops: list[str]) -> int:
+    """How many trailing characters could still be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
