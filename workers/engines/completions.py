@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import llama_cpp
-from llama_cpp import llama_chat_format
 
+from workers.engines.chat_templates import ChatFormatter
 from workers.engines.generation import Outcome, generate, grammar_for
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs
@@ -18,17 +18,6 @@ from workers.protocol import ModelSettings
 from workers.schema import decode_object
 
 CancelCheck = Callable[[], bool]
-ChatFormatter = Callable[..., Any]
-
-
-def chat_formatter(
-    llm: llama_cpp.Llama, settings: ModelSettings, bos: str, eos: str
-) -> ChatFormatter:
-    """The model's own Jinja template (or `--chat-template`), else llama-2 as llama-cpp-python."""
-    template = settings.chat_template or llm.metadata.get("tokenizer.chat_template")
-    if template:
-        return llama_chat_format.Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
-    return llama_chat_format.format_llama2
 
 
 class Completions:

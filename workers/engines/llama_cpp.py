@@ -14,7 +14,8 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 
-from workers.engines.completions import Completions, chat_formatter
+from workers.engines.chat_templates import chat_formatter
+from workers.engines.completions import Completions
 from workers.engines.response import Response
 from workers.errors import ApiError
 from workers.protocol import ModelSettings

@@ -1,0 +1,122 @@
+"""`make bench`: llama-router against llama.cpp's own router, measured in the same run.
+
+Prints cold-load time, warm latency p50/p99 (and the same request straight into the engine,
+in process), requests per second at 16 concurrent clients, and streaming tokens per second of
+the bundled Gemma model. Ratios are llama-router / llama-server: below 1 is better for times,
+above 1 for rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench import measure
+from bench.targets import Target, find_reference, reference_target, router_target
+from router.catalog import bundled_default
+from router.config import default_cache_dir, model_settings
+from tests.tinymodels import write_tiny_llama
+
+TINY = ["tiny-0", "tiny-1", "tiny-2", "tiny-3"]
+GEMMA_EOS = [1, 106]  # <eos>, <end_of_turn>
+
+
+def engine_latencies(model_path: Path, count: int) -> list[float]:
+    """The same warm request handled by the engine in this process: no HTTP, no pipe, no ring."""
+    from workers.engines.llama_cpp import LlamaEngine
+
+    engine = LlamaEngine(model_settings("direct", str(model_path), None, {}), lambda _: None)
+    body = msgspec.json.encode(measure.completion("direct"))
+    engine.handle("/v1/completions", body, lambda: False)
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        engine.handle("/v1/completions", body, lambda: False)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def run_target(target: Target, log_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    target.start(log_dir)
+    try:
+        result: dict[str, Any] = {}
+        result["cold_load_s"] = statistics.median(
+            measure.cold_load_seconds(target.url, model) for model in TINY[:3]
+        )
+        result["warm"] = measure.summary(measure.warm_latencies(target.url, TINY[3], args.requests))
+        result["rps_16"] = measure.requests_per_second(
+            target.url, TINY, args.clients, args.requests // 4
+        )
+        result["gemma_stream_tps"] = measure.streaming_tokens_per_second(
+            target.url, "gemma", args.tokens, GEMMA_EOS
+        )
+        return result
+    finally:
+        target.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--out", default="bench/results/latest.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="llama-router-bench-"))
+    models = work / "models"
+    for seed, name in enumerate(TINY):
+        write_tiny_llama(models / f"{name}.gguf", seed=seed)
+    gemma = Path(bundled_default(str(default_cache_dir())).path)
+    (models / "gemma.gguf").symlink_to(gemma)
+    flags = ["-c", "4096", "--models-max", "8"]
+
+    results: dict[str, Any] = {
+        "engine_direct": measure.summary(engine_latencies(models / "tiny-3.gguf", args.requests))
+    }
+    results["llama-router"] = run_target(router_target(models, work / "cache", flags), work, args)
+    reference = find_reference(args.reference)
+    if reference:
+        results["llama-server"] = run_target(reference_target(reference, models, flags), work, args)
+    report(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nraw figures: {out}   (server logs: {work})")
+
+
+def report(results: dict[str, Any]) -> None:
+    ours = results["llama-router"]
+    ref = results.get("llama-server")
+    rows = [
+        ("cold load, request to full response (s)", lambda r: r["cold_load_s"]),
+        ("warm request p50 (ms)", lambda r: r["warm"]["p50_ms"]),
+        ("warm request p99 (ms)", lambda r: r["warm"]["p99_ms"]),
+        ("requests/s, 16 clients", lambda r: r["rps_16"]),
+        ("Gemma 270M streaming tokens/s", lambda r: r["gemma_stream_tps"]),
+    ]
+    print(f"\n{'measure':44} {'llama-router':>13} {'llama-server':>13} {'ratio':>8}")
+    for label, get in rows:
+        mine = get(ours)
+        theirs = get(ref) if ref else None
+        ratio = "" if theirs is None else f"{mine / theirs:8.2f}"
+        shown = "" if theirs is None else f"{theirs:13.2f}"
+        print(f"{label:44} {mine:13.2f} {shown:>13} {ratio:>8}")
+    direct = results["engine_direct"]["p50_ms"]
+    print(
+        f"\nengine called directly, same warm request p50: {direct:.3f} ms; "
+        f"llama-router adds {ours['warm']['p50_ms'] - direct:.3f} ms"
+    )
+    print("ratio = llama-router / llama-server: below 1 is better for times, above 1 for rates")
+
+
+if __name__ == "__main__":
+    main()

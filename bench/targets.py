@@ -1,0 +1,74 @@
+"""The servers a benchmark run compares: llama-router and, when built, llama.cpp's llama-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_GUESSES = ("/tmp/llama-ref/build/bin/llama-server",)
+
+
+def find_reference(explicit: str | None) -> str | None:
+    """An explicit path, $LLAMA_SERVER_BIN, a scratch build, or llama-server on PATH."""
+    for candidate in (explicit, os.environ.get("LLAMA_SERVER_BIN"), *REFERENCE_GUESSES):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("llama-server")
+
+
+@dataclass
+class Target:
+    name: str
+    command: list[str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_dir: Path) -> None:
+        log = open(log_dir / f"{self.name}.log", "wb")  # noqa: SIM115 (lives with the process)
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start; see {log_dir / self.name}.log")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def router_target(models_dir: Path, cache_dir: Path, flags: list[str]) -> Target:
+    port = free_port()
+    command = [sys.executable, "-m", "router", "--port", str(port), "--models-dir", str(models_dir)]
+    os.environ["LLAMA_CACHE"] = str(cache_dir)
+    return Target("llama-router", [*command, "--log-level", "warning", *flags], port)
+
+
+def reference_target(binary: str, models_dir: Path, flags: list[str]) -> Target:
+    port = free_port()
+    command = [binary, "--port", str(port), "--models-dir", str(models_dir), *flags]
+    return Target("llama-server", command, port)

@@ -1,0 +1,72 @@
+"""Which chat template a model uses: `--chat-template`, the GGUF's own, or llama.cpp's built-ins.
+
+A GGUF without a template gets the built-in template of its family (Gemma models ship without
+one), else chatml, which is llama-server's fallback too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
+from llama_cpp import llama_chat_format
+
+from workers.protocol import ModelSettings
+
+ChatFormatter = Callable[..., llama_chat_format.ChatFormatterResponse]
+
+FAMILY_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma"}
+FALLBACK_TEMPLATE = "chatml"
+
+
+@cache
+def builtin_templates() -> frozenset[str]:
+    count = llama_lib.llama_chat_builtin_templates(None, 0)
+    names = (ctypes.c_char_p * count)()
+    llama_lib.llama_chat_builtin_templates(names, count)
+    return frozenset(name.decode() for name in names if name)
+
+
+class BuiltinChatFormatter:
+    """One of llama.cpp's built-in templates, applied by llama.cpp itself."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *, messages: list[dict[str, Any]], **_: Any) -> Any:
+        chat = (llama_lib.llama_chat_message * len(messages))(
+            *[
+                llama_lib.llama_chat_message(
+                    str(message.get("role", "user")).encode(),
+                    str(message.get("content") or "").encode(),
+                )
+                for message in messages
+            ]
+        )
+        name = self.name.encode()
+        size = llama_lib.llama_chat_apply_template(name, chat, len(messages), True, None, 0)
+        if size < 0:
+            raise ValueError(f"chat template {self.name!r} cannot format these messages")
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_lib.llama_chat_apply_template(name, chat, len(messages), True, buffer, size + 1)
+        prompt = buffer.raw[:size].decode("utf-8", errors="replace")
+        return llama_chat_format.ChatFormatterResponse(prompt=prompt, added_special=False)
+
+
+def chat_formatter(
+    llm: llama_cpp.Llama, settings: ModelSettings, bos: str, eos: str
+) -> ChatFormatter:
+    custom = settings.chat_template
+    if custom:
+        if custom in builtin_templates():
+            return BuiltinChatFormatter(custom)
+        return llama_chat_format.Jinja2ChatFormatter(custom, eos_token=eos, bos_token=bos)
+    own = llm.metadata.get("tokenizer.chat_template")
+    if own:
+        return llama_chat_format.Jinja2ChatFormatter(own, eos_token=eos, bos_token=bos)
+    family = llm.metadata.get("general.architecture", "")
+    return BuiltinChatFormatter(FAMILY_TEMPLATES.get(family, FALLBACK_TEMPLATE))
