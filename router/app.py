@@ -5,43 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.catalog import FoundFiles, build_catalog, bundled_default
 from router.config import RouterConfig
-from router.presets import Presets, load_presets
-from router.relay import Relay
 from router.routes import inference, models, ops
-from router.supervisor import Supervisor
+from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
 
 log = logging.getLogger("llama-router")
-
-
-@dataclass
-class RouterState:
-    config: RouterConfig
-    presets: Presets
-    bundled: FoundFiles | None
-    supervisor: Supervisor
-    relay: Relay
-
-
-def build_state(config: RouterConfig) -> RouterState:
-    presets = load_presets(config.models_preset)
-    bundled = None
-    if not config.models_dir and not config.models_preset:
-        bundled = bundled_default(config.cache_dir)
-    specs = build_catalog(config, presets, bundled)
-    relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
-    supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)
-    return RouterState(config, presets, bundled, supervisor, relay)
 
 
 def create_app(config: RouterConfig) -> Starlette:

@@ -12,9 +12,10 @@ from types import FrameType
 
 import uvicorn
 
-from router.app import RouterState, create_app
+from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
 from router.presets import PresetError
+from router.state import RouterState
 
 log = logging.getLogger("llama-router")
 

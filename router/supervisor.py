@@ -80,6 +80,7 @@ class Model:
     progress: float | None = None
     info: dict[str, Any] | None = None
     version: int = 0
+    removed: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -123,6 +124,15 @@ def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
         and model.id not in protected
     ]
     return min(candidates, key=lambda model: model.last_used, default=None)
+
+
+def check_startup(specs: dict[str, ModelSpec], config: RouterConfig) -> None:
+    eager = sum(1 for spec in specs.values() if spec.load_on_startup)
+    if config.models_max > 0 and eager > config.models_max:
+        raise ValueError(
+            f"number of models to load on startup ({eager}) exceeds models_max "
+            f"({config.models_max})"
+        )
 
 
 class Supervisor:
@@ -186,6 +196,8 @@ class Supervisor:
                     if touch:
                         model.last_used = time.monotonic()
                     return Lease(model, model.worker, touch)
+                if model.removed:
+                    raise ApiError(400, f"model '{model.id}' not found")
                 if model.status is Status.UNLOADED:
                     if model.failed_loads != failed_loads:
                         raise ApiError(500, self._load_failure(model))
@@ -377,21 +389,52 @@ class Supervisor:
         model.status = Status.UNLOADED
         model.progress = None
         self._changed(model, exit_code=code)
+        if model.removed:
+            self._forget(model)
         self._pump()
+
+    # --- reload -------------------------------------------------------------------------------
+
+    def reload(self, specs: dict[str, ModelSpec]) -> None:
+        """Adopt a fresh catalog: stop models whose source vanished or whose settings changed."""
+        for model in list(self.models.values()):
+            fresh = specs.get(model.id)
+            if fresh is None:
+                model.removed = True
+                if model.status.running:
+                    if model.status is not Status.STOPPING:
+                        self._stop(model)
+                else:
+                    self._forget(model)
+                continue
+            changed = not model.spec.same_settings(fresh)
+            model.spec = fresh
+            if not changed:
+                continue
+            model.failed = False
+            model.exit_code = None
+            if model.status.running and model.status is not Status.STOPPING:
+                log.info("settings of %s changed: unloading it", model.id)
+                self._stop(model)
+        for model_id, spec in specs.items():
+            if model_id not in self.models:
+                self.models[model_id] = Model(spec)
+        self._rebuild_names()
+        self._publish("*", "models_reload", None)
+
+    def _forget(self, model: Model) -> None:
+        if self.models.get(model.id) is model:
+            del self.models[model.id]
+            self._rebuild_names()
+        model.mark_changed()
 
     # --- time ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load the `load-on-startup` models and start the idle timer."""
-        eager = [model for model in self.models.values() if model.spec.load_on_startup]
-        if self.config.models_max > 0 and len(eager) > self.config.models_max:
-            raise ApiError(
-                500,
-                f"number of models to load on startup ({len(eager)}) exceeds models_max "
-                f"({self.config.models_max})",
-            )
-        for model in eager:
-            self._start(model)
+        for model in self.models.values():
+            if model.spec.load_on_startup:
+                self._start(model)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:

@@ -97,6 +97,8 @@ def _patterned_writer(name: str, total: int) -> None:
     while written < total:
         ring.write(chunk)
         written += len(chunk)
+        if written < 997 * 200:
+            time.sleep(0.0005)  # a gentle start the reader keeps up with, then full speed
     ring.finish()
     ring.close()
 
@@ -109,7 +111,7 @@ def test_slow_readers_never_see_torn_bytes(make_ring) -> None:
         target=_patterned_writer, args=(ring.name, total)
     )
     writer.start()
-    lost = verified = 0
+    lost = verified = reads = 0
     offset = 0
     while ring.state is RingState.RUNNING or offset < ring.write_pos:
         try:
@@ -122,7 +124,10 @@ def test_slow_readers_never_see_torn_bytes(make_ring) -> None:
             assert byte == ((offset + index) % 997) % 251
         verified += len(data)
         offset += len(data)
-        time.sleep(0.0002)  # a slow reader
+        reads += 1 if data else 0
+        if data and reads % 50 == 0:  # now and then stall until the writer is a whole ring ahead
+            while ring.state is RingState.RUNNING and ring.write_pos - offset <= ring.capacity:
+                time.sleep(0.0001)
     writer.join(10)
     assert writer.exitcode == 0
     assert verified > 0

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from workers.errors import ApiError
 
 if TYPE_CHECKING:
-    from router.app import RouterState
+    from router.state import RouterState
 
 JSON = "application/json"
 SUCCESS = b'{"success":true}'

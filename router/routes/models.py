@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from router.catalog import ModelSpec
 from router.routes.common import json_response, read_body, router_state, success
+from router.state import reload_catalog
 from router.supervisor import Model, Status
 from workers.errors import ApiError
 from workers.schema import decode_body
@@ -76,7 +77,10 @@ def model_entry(model: Model, created: int) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    supervisor = router_state(request).supervisor
+    state = router_state(request)
+    if request.query_params.get("reload"):
+        reload_catalog(state)
+    supervisor = state.supervisor
     created = int(time.time())
     data = [model_entry(model, created) for model in supervisor.models.values()]
     return json_response({"object": "list", "data": data})

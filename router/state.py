@@ -1,0 +1,42 @@
+"""The router's parts and how they are built from the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.catalog import FoundFiles, build_catalog, bundled_default
+from router.config import RouterConfig
+from router.presets import PresetError, Presets, load_presets
+from router.relay import Relay
+from router.supervisor import Supervisor, check_startup
+from workers.errors import ApiError
+
+
+@dataclass
+class RouterState:
+    config: RouterConfig
+    presets: Presets
+    bundled: FoundFiles | None
+    supervisor: Supervisor
+    relay: Relay
+
+
+def reload_catalog(state: RouterState) -> None:
+    """Re-read the models dir, the presets and the cache, and hand the result to the supervisor."""
+    try:
+        state.presets = load_presets(state.config.models_preset)
+    except PresetError as error:
+        raise ApiError(500, str(error)) from error
+    state.supervisor.reload(build_catalog(state.config, state.presets, state.bundled))
+
+
+def build_state(config: RouterConfig) -> RouterState:
+    presets = load_presets(config.models_preset)
+    bundled = None
+    if not config.models_dir and not config.models_preset:
+        bundled = bundled_default(config.cache_dir)
+    specs = build_catalog(config, presets, bundled)
+    check_startup(specs, config)
+    relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
+    supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)
+    return RouterState(config, presets, bundled, supervisor, relay)
