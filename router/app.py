@@ -52,6 +52,7 @@ async def shutdown(state: RouterState) -> None:
     await state.relay.drain()
     await state.supervisor.shutdown()
     await state.relay.drain()
+    state.relay.close_rings()
 
 
 def error_response(error: ApiError) -> Response:

@@ -54,14 +54,55 @@ class Exchange:
     def worker(self) -> WorkerProcess:
         return self.lease.worker
 
+    sent: bool = True
+
     @property
     def running(self) -> bool:
+        """Whether more bytes may come for the reader."""
         return self.failure is None and self.ring.state is RingState.RUNNING
+
+    @property
+    def let_go(self) -> bool:
+        """Whether the worker is done with the ring, so that it may serve another request."""
+        return not self.sent or self.ring.state is not RingState.RUNNING or not self.worker.alive
+
+
+class RingPool:
+    """Response rings are reused: creating, attaching and unlinking a segment per request
+    costs more than the rest of the router's work on a short request."""
+
+    def __init__(self, ring_bytes: int, keep: int) -> None:
+        self._ring_bytes = ring_bytes
+        self._keep = keep
+        self._serial = itertools.count(1)
+        self._free: list[Ring] = []
+
+    def take(self) -> Ring:
+        if self._free:
+            return self._free.pop()
+        name = segment_name(os.getpid(), next(self._serial))
+        return Ring.create(name, self._ring_bytes, backpressure=True)
+
+    def give_back(self, ring: Ring) -> None:
+        if len(self._free) < self._keep:
+            ring.reset()
+            self._free.append(ring)
+        else:
+            _destroy(ring)
+
+    def close(self) -> None:
+        while self._free:
+            _destroy(self._free.pop())
+
+
+def _destroy(ring: Ring) -> None:
+    ring.close()
+    ring.unlink()
 
 
 class Relay:
-    def __init__(self, ring_bytes: int, release: Callable[[Lease], None]) -> None:
-        self._ring_bytes = ring_bytes
+    def __init__(self, ring_bytes: int, release: Callable[[Lease], None], keep: int = 64) -> None:
+        self._rings = RingPool(ring_bytes, keep)
         self._release = release
         self._serial = itertools.count(1)
         self._open: dict[int, Exchange] = {}
@@ -69,12 +110,10 @@ class Relay:
 
     def send(self, lease: Lease, route: str, body: bytes) -> Exchange:
         request_id = next(self._serial)
-        ring = Ring.create(
-            segment_name(os.getpid(), request_id), self._ring_bytes, backpressure=True
-        )
-        exchange = Exchange(request_id, ring, lease)
+        exchange = Exchange(request_id, self._rings.take(), lease)
         self._open[request_id] = exchange
-        if not lease.worker.send(Infer(request_id, route, body, ring.name)):
+        if not lease.worker.send(Infer(request_id, route, body, exchange.ring.name)):
+            exchange.sent = False
             exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
         return exchange
 
@@ -97,20 +136,24 @@ class Relay:
 
     def close(self, exchange: Exchange) -> None:
         """The client is done with it: stop the generation if it still runs, then clean up."""
-        if exchange.running:
-            exchange.ring.cancel()
+        if exchange.let_go:
+            self._settle(exchange)
+            return
+        exchange.ring.cancel()
         task = asyncio.get_running_loop().create_task(self._finish(exchange))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _finish(self, exchange: Exchange) -> None:
-        # The model stays busy until its worker has really let go of the request.
-        while exchange.running:
+        # The model stays busy, and the ring taken, until the worker has really let go.
+        while not exchange.let_go:
             await exchange.waker.wait()
+        self._settle(exchange)
+
+    def _settle(self, exchange: Exchange) -> None:
         self._release(exchange.lease)
         self._open.pop(exchange.request_id, None)
-        exchange.ring.close()
-        exchange.ring.unlink()
+        self._rings.give_back(exchange.ring)
 
     def cancel_all(self) -> None:
         for exchange in list(self._open.values()):
@@ -120,3 +163,6 @@ class Relay:
     async def drain(self) -> None:
         self.cancel_all()
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def close_rings(self) -> None:
+        self._rings.close()

@@ -33,7 +33,7 @@ from workers.protocol import (
     Woke,
     Wrote,
 )
-from workers.ring import Cancelled, Media, Ring, RingState
+from workers.ring import AttachedRings, Cancelled, Media, Ring, RingState
 
 if TYPE_CHECKING:
     from workers.engines.llama_cpp import LlamaEngine
@@ -51,6 +51,7 @@ def run(settings: ModelSettings, conn: Connection) -> None:
         conn.send_bytes(events.encode(event))
 
     engine = _load(settings, send)
+    rings = AttachedRings()
     send(Ready(engine.info()))
     while True:
         try:
@@ -59,7 +60,7 @@ def run(settings: ModelSettings, conn: Connection) -> None:
             return
         match command:
             case Infer():
-                serve(engine, command, send)
+                serve(engine, rings, command, send)
             case Sleep():
                 engine.sleep()
                 send(Slept())
@@ -91,11 +92,13 @@ def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine
         sys.exit(EXIT_LOAD_FAILED)
 
 
-def serve(engine: LlamaEngine, request: Infer, send: Callable[[Event], None]) -> None:
+def serve(
+    engine: LlamaEngine, rings: AttachedRings, request: Infer, send: Callable[[Event], None]
+) -> None:
     try:
-        ring = Ring.attach(request.ring)
+        ring = rings.get(request.ring)
     except FileNotFoundError:
-        return  # the client left before the request reached us
+        return  # the ring is gone: the router stopped caring about this request
     started = False
     try:
         if ring.cancelled:
@@ -120,7 +123,6 @@ def serve(engine: LlamaEngine, request: Infer, send: Callable[[Event], None]) ->
         _write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
     finally:
         ring.finish(RingState.DONE)
-        ring.close()
         send(Wrote(request.request_id))
 
 

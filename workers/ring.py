@@ -13,6 +13,7 @@ import enum
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing import resource_tracker, shared_memory
@@ -165,6 +166,13 @@ class Ring:
         self._words[_ENDED_NS] = time.time_ns()
         self._words[_STATE] = state
 
+    def reset(self) -> None:
+        """Make a finished ring ready for its next request (owner only, nobody else using it)."""
+        for word in (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS):
+            self._words[word] = 0
+        self._words[_STATUS] = 200
+        self._words[_STARTED_NS] = time.time_ns()
+
     def ack(self, offset: int) -> None:
         """The primary reader has consumed everything before `offset` (used for backpressure)."""
         self._words[_ACK] = offset
@@ -224,6 +232,23 @@ class Ring:
             raise PermissionError("only the ring's owner unlinks it")
         with suppress(FileNotFoundError):
             self._segment.unlink()
+
+
+class AttachedRings:
+    """A reader's or writer's mappings of rings, kept while the owner reuses them."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self._keep = keep
+        self._rings: OrderedDict[str, Ring] = OrderedDict()
+
+    def get(self, name: str) -> Ring:
+        ring = self._rings.pop(name, None)
+        if ring is None:
+            ring = Ring.attach(name)
+            if len(self._rings) >= self._keep:
+                self._rings.popitem(last=False)[1].close()
+        self._rings[name] = ring
+        return ring
 
 
 def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
