@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router.config import RouterConfig
-from router.routes import inference, models, ops
+from router.routes import inference, models, ops, streams
 from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
@@ -29,13 +29,14 @@ def create_app(config: RouterConfig) -> Starlette:
         if stale:
             log.info("removed %d stale shared-memory segments of a dead router", len(stale))
         state.supervisor.start()
+        state.streams.start_gc()
         try:
             yield
         finally:
             await shutdown(state)
 
     app = Starlette(
-        routes=[*ops.routes, *models.routes, *inference.routes],
+        routes=[*ops.routes, *models.routes, *inference.routes, *streams.routes],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -48,10 +49,12 @@ def create_app(config: RouterConfig) -> Starlette:
 
 
 async def shutdown(state: RouterState) -> None:
-    """End every stream, stop every worker, and remove every ring."""
+    """End every stream and session, stop every worker, and remove every ring."""
+    state.streams.stop_all()
     await state.relay.drain()
     await state.supervisor.shutdown()
     await state.relay.drain()
+    await state.streams.close()
     state.relay.close_rings()
 
 

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes a resumable stream keeps for replay",
     )
     add(
+        "--stream-ttl-seconds",
+        type=float,
+        default=300.0,
+        help="how long a finished resumable stream stays replayable",
+    )
+    add(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body accepted"
     )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -138,6 +144,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         timeout=args.timeout,
         cache_dir=args.cache_dir,
         stream_buffer_bytes=args.stream_buffer_bytes,
+        stream_ttl_seconds=args.stream_ttl_seconds,
         max_body_bytes=args.max_body_bytes,
         log_level=args.log_level,
         model_flags=parse_model_flags(rest),

@@ -77,6 +77,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     timeout: float = 3600.0
     cache_dir: str = msgspec.field(default_factory=lambda: str(default_cache_dir()))
     stream_buffer_bytes: int = 4 * 1024 * 1024
+    stream_ttl_seconds: float = 300.0
     response_buffer_bytes: int = 1024 * 1024
     max_body_bytes: int = 16 * 1024 * 1024
     stop_timeout: float = 10.0

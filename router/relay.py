@@ -49,12 +49,12 @@ class Exchange:
     lease: Lease
     waker: Waker = field(default_factory=Waker)
     failure: ApiError | None = None
+    sent: bool = True
+    pooled: bool = True
 
     @property
     def worker(self) -> WorkerProcess:
         return self.lease.worker
-
-    sent: bool = True
 
     @property
     def running(self) -> bool:
@@ -67,6 +67,13 @@ class Exchange:
         return not self.sent or self.ring.state is not RingState.RUNNING or not self.worker.alive
 
 
+_segment_serials = itertools.count(1)  # 0 is the session index
+
+
+def new_segment_name() -> str:
+    return segment_name(os.getpid(), next(_segment_serials))
+
+
 class RingPool:
     """Response rings are reused: creating, attaching and unlinking a segment per request
     costs more than the rest of the router's work on a short request."""
@@ -74,14 +81,12 @@ class RingPool:
     def __init__(self, ring_bytes: int, keep: int) -> None:
         self._ring_bytes = ring_bytes
         self._keep = keep
-        self._serial = itertools.count(1)
         self._free: list[Ring] = []
 
     def take(self) -> Ring:
         if self._free:
             return self._free.pop()
-        name = segment_name(os.getpid(), next(self._serial))
-        return Ring.create(name, self._ring_bytes, backpressure=True)
+        return Ring.create(new_segment_name(), self._ring_bytes, backpressure=True)
 
     def give_back(self, ring: Ring) -> None:
         if len(self._free) < self._keep:
@@ -108,11 +113,23 @@ class Relay:
         self._open: dict[int, Exchange] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def send(self, lease: Lease, route: str, body: bytes) -> Exchange:
+    def send(
+        self,
+        lease: Lease,
+        route: str,
+        body: bytes,
+        ring: Ring | None = None,
+        event_ids: bool = False,
+        waker: Waker | None = None,
+    ) -> Exchange:
+        """Send a request to the lease's worker; its answer lands in `ring` or a pooled one."""
         request_id = next(self._serial)
-        exchange = Exchange(request_id, self._rings.take(), lease)
+        exchange = Exchange(request_id, ring or self._rings.take(), lease, pooled=ring is None)
+        if waker is not None:
+            exchange.waker = waker
         self._open[request_id] = exchange
-        if not lease.worker.send(Infer(request_id, route, body, exchange.ring.name)):
+        infer = Infer(request_id, route, body, exchange.ring.name, event_ids=event_ids)
+        if not lease.worker.send(infer):
             exchange.sent = False
             exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
         return exchange
@@ -137,7 +154,7 @@ class Relay:
     def close(self, exchange: Exchange) -> None:
         """The client is done with it: stop the generation if it still runs, then clean up."""
         if exchange.let_go:
-            self._settle(exchange)
+            self.settle(exchange)
             return
         exchange.ring.cancel()
         task = asyncio.get_running_loop().create_task(self._finish(exchange))
@@ -148,16 +165,18 @@ class Relay:
         # The model stays busy, and the ring taken, until the worker has really let go.
         while not exchange.let_go:
             await exchange.waker.wait()
-        self._settle(exchange)
+        self.settle(exchange)
 
-    def _settle(self, exchange: Exchange) -> None:
+    def settle(self, exchange: Exchange) -> None:
+        """The worker let go: the model is free again, and a pooled ring goes back."""
         self._release(exchange.lease)
         self._open.pop(exchange.request_id, None)
-        self._rings.give_back(exchange.ring)
+        if exchange.pooled:
+            self._rings.give_back(exchange.ring)
 
     def cancel_all(self) -> None:
         for exchange in list(self._open.values()):
-            if exchange.running:
+            if exchange.running and exchange.pooled:
                 exchange.ring.cancel()
 
     async def drain(self) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from router.relay import Exchange
+from router.streams import Session
 from workers.errors import ApiError
-from workers.ring import Media, OffsetLost
+from workers.ring import Media, OffsetLost, RingState
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -113,3 +114,64 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
     headers = [JSON_TYPE, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class SessionResponse:
+    """Follows a conversation session's ring from `offset`; a leaving client stops nothing."""
+
+    def __init__(self, session: Session, offset: int, original: bool) -> None:
+        self.session = session
+        self.offset = offset
+        self.original = original  # the POST that started it: its head comes from the worker
+        self._gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
+        try:
+            await self._respond(send)
+        except OSError:
+            pass
+        finally:
+            watcher.cancel()
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self.session.waker.wake()
+
+    async def _respond(self, send: Send) -> None:
+        session, ring = self.session, self.session.ring
+        if self.original:
+            try:
+                await asyncio.shield(session.sent)
+            except ApiError as error:
+                await _send_json(send, error.status, error.json())
+                return
+            while ring.write_pos == 0 and ring.state is RingState.RUNNING and not self._gone:
+                await session.waker.wait()
+            if ring.media is Media.JSON:
+                body = b"".join([data async for data in self._follow()])
+                await _send_json(send, ring.status, body)
+                return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        async for data in self._follow():
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _follow(self) -> AsyncIterator[bytes]:
+        session, ring = self.session, self.session.ring
+        while not self._gone and not session.closed:
+            try:
+                data = ring.read(self.offset, READ_LIMIT)
+            except OffsetLost:
+                yield ApiError(400, "Stream offset lost, please restart").sse()
+                return
+            if data:
+                self.offset += len(data)
+                yield data
+            elif ring.state is not RingState.RUNNING:
+                if ring.write_pos == self.offset:
+                    return
+            else:
+                await session.waker.wait()

@@ -8,6 +8,7 @@ from router.catalog import FoundFiles, build_catalog, bundled_default
 from router.config import RouterConfig
 from router.presets import PresetError, Presets, load_presets
 from router.relay import Relay
+from router.streams import Streams
 from router.supervisor import Supervisor, check_startup
 from workers.errors import ApiError
 
@@ -19,6 +20,7 @@ class RouterState:
     bundled: FoundFiles | None
     supervisor: Supervisor
     relay: Relay
+    streams: Streams
 
 
 def reload_catalog(state: RouterState) -> None:
@@ -39,4 +41,5 @@ def build_state(config: RouterConfig) -> RouterState:
     check_startup(specs, config)
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
     supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)
-    return RouterState(config, presets, bundled, supervisor, relay)
+    streams = Streams(supervisor, relay, config.stream_buffer_bytes, config.stream_ttl_seconds)
+    return RouterState(config, presets, bundled, supervisor, relay, streams)

@@ -23,9 +23,16 @@ def short(model: str) -> dict[str, Any]:
 class Call(threading.Thread):
     """One request in the background; remembers its answer and when it finished."""
 
-    def __init__(self, server: RouterProcess, body: dict[str, Any], timeout: float = 60) -> None:
+    def __init__(
+        self,
+        server: RouterProcess,
+        body: dict[str, Any],
+        timeout: float = 60,
+        conversation: str | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.server, self.body, self.timeout = server, body, timeout
+        self.headers = {"X-Conversation-Id": conversation} if conversation else {}
         self.status: int | None = None
         self.error: BaseException | None = None
         self.finished_at = 0.0
@@ -35,7 +42,10 @@ class Call(threading.Thread):
     def run(self) -> None:
         try:
             reply = requests.post(
-                self.server.url + "/v1/completions", json=self.body, timeout=self.timeout
+                self.server.url + "/v1/completions",
+                json=self.body,
+                headers=self.headers,
+                timeout=self.timeout,
             )
             self.status, self.text = reply.status_code, reply.text
         except BaseException as error:

@@ -113,7 +113,7 @@ def serve(
             if not started:
                 ring.begin(200, Media.EVENT_STREAM)
                 started = True
-            ring.write(event)
+            ring.write(with_event_id(event, ring.write_pos) if request.event_ids else event)
             send(Wrote(request.request_id))
     except Cancelled:
         pass
@@ -124,6 +124,16 @@ def serve(
     finally:
         ring.finish(RingState.DONE)
         send(Wrote(request.request_id))
+
+
+def with_event_id(event: bytes, start: int) -> bytes:
+    """Prefix `id: N` where N is the ring offset just past this very event."""
+    digits = len(str(start + len(event)))
+    while True:
+        end = start + len(event) + len(b"id: \n") + digits
+        if len(str(end)) == digits:
+            return b"id: %d\n" % end + event
+        digits = len(str(end))
 
 
 def _write_error(ring: Ring, error: ApiError, started: bool) -> None:

@@ -43,6 +43,8 @@ class Infer(_Message, tag="infer", frozen=True):
     route: str
     body: bytes
     ring: str
+    # Resumable sessions: every SSE event carries `id: <offset at its end>` for Last-Event-ID.
+    event_ids: bool = False
 
 
 class Sleep(_Message, tag="sleep", frozen=True):

@@ -76,7 +76,7 @@ def _untracked() -> Iterator[None]:
         resource_tracker.register = register
 
 
-def _attach_segment(name: str) -> shared_memory.SharedMemory:
+def attach_segment(name: str) -> shared_memory.SharedMemory:
     if sys.version_info >= (3, 13):
         return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
     with _untracked():
@@ -113,7 +113,7 @@ class Ring:
 
     @classmethod
     def attach(cls, name: str) -> Ring:
-        return cls(_attach_segment(name), owner=False)
+        return cls(attach_segment(name), owner=False)
 
     @property
     def name(self) -> str:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.responses import RingResponse
+from router.responses import RingResponse, SessionResponse
 from router.routes.common import query_flag, read_body, router_state
 from router.supervisor import Lease
 from workers.errors import ApiError
@@ -35,6 +35,10 @@ async def infer(request: Request) -> Any:
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     autoload = query_flag(request, "autoload", state.config.models_autoload)
+    conversation_id = request.headers.get("x-conversation-id")
+    if conversation_id is not None:
+        session = state.streams.start(conversation_id, model, route, body, autoload)
+        return SessionResponse(session, 0, original=True)
     try:
         lease = await until_disconnect(request, state.supervisor.acquire(model, autoload))
     except ClientGone:

@@ -1,0 +1,59 @@
+"""Resumable streams: replay and follow, stop, and look sessions up."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from router.responses import SessionResponse
+from router.routes.common import json_response, read_body, router_state
+from router.streams import check_conversation_id
+from workers.errors import ApiError
+from workers.schema import decode_body
+from workers.session_index import SessionState
+
+
+class LookupRequest(msgspec.Struct):
+    conversation_ids: list[str]
+
+
+def _offset(request: Request) -> int:
+    raw = request.query_params.get("from") or request.headers.get("last-event-id") or "0"
+    if not raw.isdigit():
+        raise ApiError(400, "Invalid 'from' offset")
+    return int(raw)
+
+
+async def follow_stream(request: Request) -> SessionResponse:
+    conversation_id = check_conversation_id(request.query_params.get("conv_id", ""))
+    offset = _offset(request)
+    session = router_state(request).streams.get(conversation_id)
+    if session is None:
+        raise ApiError(404, "Stream not found or expired")
+    if session.state is SessionState.PENDING:
+        raise ApiError(503, "the model of this stream is still loading, retry later")
+    if offset < session.ring.start_pos:
+        raise ApiError(400, "Stream offset lost, please restart")
+    if offset > session.ring.write_pos:
+        raise ApiError(400, "Invalid 'from' offset")
+    return SessionResponse(session, offset, original=False)
+
+
+async def stop_stream(request: Request) -> Response:
+    conversation_id = check_conversation_id(request.query_params.get("conv_id", ""))
+    router_state(request).streams.delete(conversation_id)
+    return Response(status_code=204)
+
+
+async def lookup_streams(request: Request) -> Response:
+    body = decode_body(await read_body(request), LookupRequest)
+    return json_response(router_state(request).streams.lookup(body.conversation_ids))
+
+
+routes = [
+    Route("/v1/stream", follow_stream, methods=["GET"]),
+    Route("/v1/stream", stop_stream, methods=["DELETE"]),
+    Route("/v1/streams/lookup", lookup_streams, methods=["POST"]),
+]
