@@ -8,12 +8,23 @@ import time
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 Body = dict[str, Any]
 
 
 def completion(model: str, max_tokens: int = 1, **extra: Any) -> Body:
     return {"model": model, "prompt": "Hello", "max_tokens": max_tokens, "temperature": 0, **extra}
+
+
+def keep_alive_session() -> requests.Session:
+    """A session that resends a request whose idle keep-alive connection the server just closed
+    (llama-server's HTTP library closes them after a few requests)."""
+    session = requests.Session()
+    retry = Retry(total=2, connect=2, read=0, status=0, other=0, allowed_methods=None)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
 
 
 def cold_load_seconds(url: str, model: str) -> float:
@@ -25,7 +36,7 @@ def cold_load_seconds(url: str, model: str) -> float:
 
 
 def warm_latencies(url: str, model: str, count: int) -> list[float]:
-    session = requests.Session()
+    session = keep_alive_session()
     session.post(url + "/v1/completions", json=completion(model), timeout=300).raise_for_status()
     latencies = []
     for _ in range(count):
@@ -39,7 +50,7 @@ def requests_per_second(url: str, models: list[str], clients: int, per_client: i
     errors: list[BaseException] = []
 
     def client(index: int) -> None:
-        session = requests.Session()
+        session = keep_alive_session()
         model = models[index % len(models)]
         try:
             for _ in range(per_client):

@@ -9,12 +9,11 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
 import psutil
 
 from workers import model as model_worker
-from workers.protocol import Command, CommandCodec, Event, EventCodec, ModelSettings
+from workers.protocol import Command, CommandCodec, Event, EventCodec, Exit, Load, ModelSettings
 
 log = logging.getLogger("llama-router")
 
@@ -22,26 +21,27 @@ _SPAWN = multiprocessing.get_context("spawn")
 _TERM_GRACE = 1.0
 
 
+def _ignore_event(event: Event) -> None:
+    pass
+
+
+def _ignore_exit(code: int) -> None:
+    pass
+
+
 class WorkerProcess:
     """A model worker seen from the router: its process, its pipe, and how it ends."""
 
-    def __init__(
-        self,
-        settings: ModelSettings,
-        on_event: Callable[[Event], None],
-        on_exit: Callable[[int], None],
-    ) -> None:
-        self.model_id = settings.model_id
-        self._on_event = on_event
-        self._on_exit = on_exit
+    def __init__(self) -> None:
+        self.model_id = "(spare)"
+        self._on_event: Callable[[Event], None] = _ignore_event
+        self._on_exit: Callable[[int], None] = _ignore_exit
         self._commands = CommandCodec()
         self._events = EventCodec()
         self._loop = asyncio.get_running_loop()
         self.conn, child_conn = _SPAWN.Pipe(duplex=True)
         self.process = _SPAWN.Process(
-            target=model_worker.run,
-            args=(settings, child_conn),
-            name=f"llama-router-model:{settings.model_id}",
+            target=model_worker.run, args=(child_conn,), name="llama-router-model"
         )
         self.process.start()
         child_conn.close()
@@ -54,6 +54,18 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.exit_code is None
+
+    def load(
+        self,
+        settings: ModelSettings,
+        on_event: Callable[[Event], None],
+        on_exit: Callable[[int], None],
+    ) -> bool:
+        """Make this (spare) worker load a model; its reports go to the given callbacks."""
+        self.model_id = settings.model_id
+        self._on_event = on_event
+        self._on_exit = on_exit
+        return self.send(Load(settings))
 
     def send(self, command: Command) -> bool:
         """Send a command; False when the worker can no longer hear it."""
@@ -132,6 +144,33 @@ class WorkerProcess:
             return None
 
 
-def close_connection(conn: Connection) -> None:
-    if not conn.closed:
-        conn.close()
+class SpareWorkers:
+    """Keeps one worker started and imported ahead of need, so a cold load pays only for
+    reading the model, not for starting Python and importing llama.cpp."""
+
+    def __init__(self) -> None:
+        self._spare: WorkerProcess | None = None
+        self._closed = False
+
+    def take(self) -> WorkerProcess:
+        spare = self._spare if self._spare is not None and self._spare.alive else WorkerProcess()
+        self._spare = None
+        self._loop_later(self._refill)
+        return spare
+
+    def _refill(self) -> None:
+        if not self._closed and (self._spare is None or not self._spare.alive):
+            self._spare = WorkerProcess()
+
+    @staticmethod
+    def _loop_later(callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_later(0.05, callback)
+
+    def start(self) -> None:
+        self._refill()
+
+    async def stop(self) -> None:
+        self._closed = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.stop(Exit(), timeout=2.0)

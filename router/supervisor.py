@@ -27,7 +27,7 @@ from typing import Any
 
 from router.catalog import ModelSpec
 from router.config import RouterConfig, model_settings
-from router.processes import WorkerProcess
+from router.processes import SpareWorkers, WorkerProcess
 from workers.errors import ApiError
 from workers.protocol import (
     Event,
@@ -153,6 +153,7 @@ class Supervisor:
         self._publishers: list[Publisher] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._spares = SpareWorkers()
 
     # --- names --------------------------------------------------------------------------------
 
@@ -305,7 +306,8 @@ class Supervisor:
             settings = model_settings(
                 model.id, model.spec.path, model.spec.mmproj, model.spec.flags
             )
-            worker = WorkerProcess(
+            worker = self._spares.take()
+            worker.load(
                 settings,
                 on_event=lambda event: self._on_event(model, worker, event),
                 on_exit=lambda code: self._on_exit(model, worker, code),
@@ -432,6 +434,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Load the `load-on-startup` models and start the idle timer."""
+        self._spares.start()
         for model in self.models.values():
             if model.spec.load_on_startup:
                 self._start(model)
@@ -463,5 +466,5 @@ class Supervisor:
             if model.worker is not None and model.status is not Status.STOPPING:
                 self._stop(model)
         stops = [m.worker.wait() for m in self.models.values() if m.worker is not None]
-        await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.gather(self._spares.stop(), *stops, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)

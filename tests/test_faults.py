@@ -32,8 +32,7 @@ def test_worker_killed_mid_stream(router, models_dir: Path) -> None:
     lines = reply.iter_lines()
     first = [next(lines) for _ in range(6)]
     assert any(line.startswith(b"data: {") for line in first)
-    (slow_pid,) = set(model_worker_pids(server.proc.pid)) - set(_pids_of(server, "tiny-a"))
-    os.kill(slow_pid, signal.SIGKILL)
+    os.kill(server.model("slow")["pid"], signal.SIGKILL)
     started = time.monotonic()
     rest = [line for line in lines if line.startswith(b"data: ")]
     assert time.monotonic() - started < 5
@@ -57,7 +56,7 @@ def test_worker_killed_during_non_streamed_request_answers_500(router, models_di
     server = router("--models-dir", str(models_dir))
     server.post("/models/load", {"model": "slow"})
     server.wait_status("slow", "loaded")
-    (pid,) = model_worker_pids(server.proc.pid)
+    pid = server.model("slow")["pid"]
     body = {**LONG_STREAM, "stream": False}
     killer = _kill_later(pid, 0.5)
     reply = server.post("/v1/chat/completions", body)
@@ -95,18 +94,6 @@ def test_router_sigkill_takes_workers_down_and_restart_sweeps(
         second.stop()
     finally:
         foreign.unlink()
-
-
-def _pids_of(server: RouterProcess, model_id: str) -> list[int]:
-    entry = server.model(model_id)
-    pids = model_worker_pids(server.proc.pid)
-    return [
-        pid for pid in pids if entry["status"]["value"] == "loaded" and _rss(pid) == entry["memory"]
-    ]
-
-
-def _rss(pid: int) -> int:
-    return int(psutil.Process(pid).memory_info().rss)
 
 
 def _running(pid: int) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-from tests.server import RouterProcess, model_worker_pids
+from tests.server import RouterProcess
 from tests.tinymodels import EOS_TOKEN
 
 NO_EOS = {str(EOS_TOKEN): -100}
@@ -140,12 +140,12 @@ def test_load_at_cap_with_everything_busy_is_503(router, models_dir: Path) -> No
 def test_a_request_for_a_stopping_model_waits_and_reloads(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir))
     slow = busy(server, tokens=300)
-    (old_pid,) = model_worker_pids(server.proc.pid)
+    old_pid = server.model("slow")["pid"]
     assert server.post("/models/unload", {"model": "slow"}).ok
     again = Call(server, short("slow"))
     assert slow.result() == 200  # the worker finished what it had before it exited
     assert again.result() == 200, again.text
-    assert model_worker_pids(server.proc.pid) != [old_pid]
+    assert server.model("slow")["pid"] != old_pid
     assert loads_of(server, "slow") == 2
 
 

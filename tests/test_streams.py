@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.server import RouterProcess, model_worker_pids, segments_of
+from tests.server import RouterProcess, segments_of
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
 from workers.session_index import follow_session
@@ -226,7 +226,7 @@ def test_readers_get_an_error_when_the_worker_dies(server: RouterProcess) -> Non
     reader = replay(server, stream=True)
     lines = reader.iter_lines()
     next(lines)
-    (pid,) = model_worker_pids(server.proc.pid)
+    pid = server.model("slow")["pid"]
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
     rest = [line for line in lines if line.startswith(b"data: ")]

@@ -23,6 +23,7 @@ from workers.protocol import (
     EventCodec,
     Exit,
     Infer,
+    Load,
     LoadFailed,
     Loading,
     ModelSettings,
@@ -41,16 +42,24 @@ if TYPE_CHECKING:
 _PROGRESS_INTERVAL = 0.05
 
 
-def run(settings: ModelSettings, conn: Connection) -> None:
-    """Process entry point (multiprocessing target)."""
+def run(conn: Connection) -> None:
+    """Process entry point (multiprocessing target). The router starts workers ahead of need:
+    this one pays for its imports now and learns which model it serves from its first command."""
     os.setpgrp()  # one group per worker, so the router can signal the worker and its children
     _exit_with_parent()
     commands, events = CommandCodec(), EventCodec()
+    import workers.engines.llama_cpp  # noqa: F401  (the slow import, done before it is needed)
 
     def send(event: Event) -> None:
         conn.send_bytes(events.encode(event))
 
-    engine = _load(settings, send)
+    try:
+        first = commands.decode(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+    if not isinstance(first, Load):
+        return
+    engine = _load(first.settings, send)
     rings = AttachedRings()
     send(Ready(engine.info()))
     while True:
@@ -72,7 +81,6 @@ def run(settings: ModelSettings, conn: Connection) -> None:
 
 
 def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine:
-    # Imported here so that a spawn child reports `loading` before paying for the import.
     send(Loading(0.0))
     from workers.engines.llama_cpp import LlamaEngine
 

@@ -38,6 +38,12 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # Commands: router -> worker
 
 
+class Load(_Message, tag="load", frozen=True):
+    """The first command a (pre-started) worker gets: which model it is."""
+
+    settings: ModelSettings
+
+
 class Infer(_Message, tag="infer", frozen=True):
     request_id: int
     route: str
@@ -59,7 +65,7 @@ class Exit(_Message, tag="exit", frozen=True):
     pass
 
 
-Command = Infer | Sleep | Wake | Exit
+Command = Load | Infer | Sleep | Wake | Exit
 
 
 # Events: worker -> router

@@ -73,6 +73,7 @@ def model_entry(model: Model, created: int) -> dict[str, Any]:
         }
     if model.worker is not None:
         entry["memory"] = model.worker.resident_bytes()
+        entry["pid"] = model.worker.pid
     return entry
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
+import psutil
 
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
@@ -25,6 +26,9 @@ from workers.schema import (
     TokenizeRequest,
     decode_body,
 )
+
+# llama-server's default: one thread per physical core (llama-cpp-python would use half of them).
+DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 POOLING = {
     "none": llama_lib.LLAMA_POOLING_TYPE_NONE,
@@ -80,8 +84,8 @@ class LlamaEngine:
                 n_ctx=s.ctx_size,
                 n_batch=s.batch_size,
                 n_ubatch=s.ubatch_size,
-                n_threads=s.threads,
-                n_threads_batch=s.threads_batch or s.threads,
+                n_threads=s.threads or DEFAULT_THREADS,
+                n_threads_batch=s.threads_batch or s.threads or DEFAULT_THREADS,
                 n_gpu_layers=s.n_gpu_layers,
                 seed=s.seed if s.seed >= 0 else llama_lib.LLAMA_DEFAULT_SEED,
                 embedding=s.embeddings,
