@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 
-from bench import measure
+from bench import measure, scheduling, streams
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.catalog import bundled_default
 from router.config import default_cache_dir, model_settings
-from tests.tinymodels import write_tiny_llama
+from tests.tinymodels import write_slow_llama, write_tiny_llama
 
 TINY = ["tiny-0", "tiny-1", "tiny-2", "tiny-3"]
 GEMMA_EOS = [1, 106]  # <eos>, <end_of_turn>
@@ -48,7 +48,7 @@ def run_target(target: Target, log_dir: Path, args: argparse.Namespace) -> dict[
     try:
         result: dict[str, Any] = {}
         result["cold_load_s"] = statistics.median(
-            measure.cold_load_seconds(target.url, model) for model in TINY[:3]
+            measure.cold_load_seconds(target.url, model, settle=1.5) for model in TINY[:3]
         )
         result["warm"] = measure.summary(measure.warm_latencies(target.url, TINY[3], args.requests))
         result["rps_16"] = measure.requests_per_second(
@@ -62,12 +62,42 @@ def run_target(target: Target, log_dir: Path, args: argparse.Namespace) -> dict[
         target.stop()
 
 
+def run_scheduling(target: Target, log_dir: Path) -> dict[str, Any]:
+    target.start(log_dir)
+    try:
+        return {
+            "swap_first_byte_s": scheduling.swap_latency(target.url, ("tiny-0", "tiny-1")),
+            "mixed_8_clients_3_models": scheduling.mixed_load(
+                target.url, ["tiny-0", "tiny-1", "tiny-2"], clients=8, per_client=12
+            ),
+            "loads": target.log_count(log_dir),
+        }
+    finally:
+        target.stop()
+
+
+def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    target.start(log_dir)
+    try:
+        size = streams.make_session(target.url, "big", "tiny-0", args.session_tokens)
+        result: dict[str, Any] = {"session_bytes": size}
+        result["replay"] = streams.replay_throughput(target.url, "big")
+        result["live_tail"] = streams.readers_capacity(
+            target.url, "slow", 600, [1, 25, 50, 100, 200, 400]
+        )
+        return result
+    finally:
+        target.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("parts", nargs="*", default=["core", "scheduling", "streams"])
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--session-tokens", type=int, default=16000)
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
 
@@ -79,14 +109,34 @@ def main() -> None:
     (models / "gemma.gguf").symlink_to(gemma)
     flags = ["-c", "4096", "--models-max", "8"]
 
-    results: dict[str, Any] = {
-        "engine_direct": measure.summary(engine_latencies(models / "tiny-3.gguf", args.requests))
-    }
-    results["llama-router"] = run_target(router_target(models, work / "cache", flags), work, args)
     reference = find_reference(args.reference)
-    if reference:
-        results["llama-server"] = run_target(reference_target(reference, models, flags), work, args)
-    report(results)
+    results: dict[str, Any] = {}
+    if "core" in args.parts:
+        core: dict[str, Any] = {
+            "engine_direct": measure.summary(
+                engine_latencies(models / "tiny-3.gguf", args.requests)
+            )
+        }
+        core["llama-router"] = run_target(router_target(models, work / "cache", flags), work, args)
+        if reference:
+            core["llama-server"] = run_target(
+                reference_target(reference, models, flags), work, args
+            )
+        report(core)
+        results["core"] = core
+    if "scheduling" in args.parts:
+        cap = ["-c", "4096", "--models-max", "1"]
+        sched = {"llama-router": run_scheduling(router_target(models, work / "cache", cap), work)}
+        if reference:
+            sched["llama-server"] = run_scheduling(reference_target(reference, models, cap), work)
+        print("\nscheduling at --models-max 1:", json.dumps(sched, indent=2))
+        results["scheduling"] = sched
+    if "streams" in args.parts:
+        write_slow_llama(models / "slow.gguf")
+        ctx = ["-c", str(args.session_tokens + 64), "--models-max", "8"]
+        flow = {"llama-router": run_streams(router_target(models, work / "cache", ctx), work, args)}
+        print("\nresumable streams:", json.dumps(flow, indent=2))
+        results["streams"] = flow
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

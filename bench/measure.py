@@ -27,8 +27,10 @@ def keep_alive_session() -> requests.Session:
     return session
 
 
-def cold_load_seconds(url: str, model: str) -> float:
-    """From a request to an unloaded model until its whole response has arrived."""
+def cold_load_seconds(url: str, model: str, settle: float = 0.0) -> float:
+    """From a request to an unloaded model until its whole response has arrived, the server
+    having been idle for `settle` seconds before."""
+    time.sleep(settle)
     started = time.perf_counter()
     reply = requests.post(url + "/v1/completions", json=completion(model, 8), timeout=300)
     reply.raise_for_status()

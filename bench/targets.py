@@ -52,6 +52,14 @@ class Target:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start; see {log_dir / self.name}.log")
 
+    def log_count(self, log_dir: Path) -> int:
+        """How many model loads the server's log shows so far."""
+        text = (log_dir / f"{self.name}.log").read_text(errors="replace")
+        marker = (
+            "loading " if self.name == "llama-router" else "spawning server instance with name="
+        )
+        return text.count(marker)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -65,7 +73,7 @@ def router_target(models_dir: Path, cache_dir: Path, flags: list[str]) -> Target
     port = free_port()
     command = [sys.executable, "-m", "router", "--port", str(port), "--models-dir", str(models_dir)]
     os.environ["LLAMA_CACHE"] = str(cache_dir)
-    return Target("llama-router", [*command, "--log-level", "warning", *flags], port)
+    return Target("llama-router", [*command, "--log-level", "info", *flags], port)
 
 
 def reference_target(binary: str, models_dir: Path, flags: list[str]) -> Target:

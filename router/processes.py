@@ -9,11 +9,21 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
 from workers import model as model_worker
-from workers.protocol import Command, CommandCodec, Event, EventCodec, Exit, Load, ModelSettings
+from workers.protocol import (
+    Command,
+    CommandCodec,
+    Event,
+    EventCodec,
+    Exit,
+    Load,
+    ModelSettings,
+    Released,
+)
 
 log = logging.getLogger("llama-router")
 
@@ -48,6 +58,7 @@ class WorkerProcess:
         self.pid: int = self.process.pid or 0
         self.exit_code: int | None = None
         self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._released: asyncio.Future[None] | None = None
         self._loop.add_reader(self.conn.fileno(), self._read_events)
         self._loop.add_reader(self.process.sentinel, self._reap)
 
@@ -80,7 +91,12 @@ class WorkerProcess:
     def _read_events(self) -> None:
         try:
             while self.conn.poll():
-                self._on_event(self._events.decode(self.conn.recv_bytes()))
+                event = self._events.decode(self.conn.recv_bytes())
+                if isinstance(event, Released):
+                    if self._released is not None and not self._released.done():
+                        self._released.set_result(None)
+                    continue
+                self._on_event(event)
         except (EOFError, OSError):
             self._loop.remove_reader(self.conn.fileno())
 
@@ -100,6 +116,28 @@ class WorkerProcess:
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
 
+    async def retire(self, timeout: float) -> bool:
+        """Free the model but keep the process: True if the worker did so within `timeout`;
+        otherwise it is ended by the escalation ladder and this answers False."""
+        self._released = self._loop.create_future()
+        if self.send(Exit(recycle=True)):
+            exited = asyncio.ensure_future(self.wait())
+            either: set[asyncio.Future[Any]] = {self._released, exited}
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            if self._released.done():
+                return True
+            if not self.alive:
+                return False
+            log.warning("worker %s did not unload within %.1fs; ending it", self.model_id, timeout)
+        await self._escalate()
+        return False
+
+    def unbind(self) -> None:
+        self.model_id = "(spare)"
+        self._on_event = _ignore_event
+        self._on_exit = _ignore_exit
+
     async def stop(self, exit_command: Command, timeout: float) -> int:
         """Escalate: ask over the pipe, wait `timeout`, SIGTERM the group, then SIGKILL the tree."""
         if self.send(exit_command):
@@ -107,8 +145,11 @@ class WorkerProcess:
                 return await asyncio.wait_for(self.wait(), timeout)
             except asyncio.TimeoutError:
                 log.warning(
-                    "worker %s did not exit within %.1fs; terminating", self.model_id, timeout
+                    "worker %s did not exit within %.1fs; ending it", self.model_id, timeout
                 )
+        return await self._escalate()
+
+    async def _escalate(self) -> int:
         if self.alive:
             self._signal_group(signal.SIGTERM)
             try:
@@ -168,6 +209,13 @@ class SpareWorkers:
 
     def start(self) -> None:
         self._refill()
+
+    def offer(self, worker: WorkerProcess) -> None:
+        """A worker that freed its model: keep it as the spare, or let it go."""
+        if not self._closed and (self._spare is None or not self._spare.alive):
+            self._spare = worker
+        else:
+            asyncio.get_running_loop().create_task(worker.stop(Exit(), timeout=2.0))
 
     async def stop(self) -> None:
         self._closed = True

@@ -331,10 +331,20 @@ class Supervisor:
         assert worker is not None
         # A worker still loading cannot read its pipe: it is stopped at once. A loaded one finishes
         # the requests already sent to it (they precede Exit on the pipe) within its stop-timeout.
-        timeout = 0.0 if model.status is Status.LOADING else model.spec.stop_timeout
+        loading = model.status is Status.LOADING
         model.status = Status.STOPPING
         self._changed(model)
-        self._spawn_task(worker.stop(Exit(), timeout))
+        if loading:
+            self._spawn_task(worker.stop(Exit(), 0.0))
+        else:
+            self._spawn_task(self._retire(model, worker))
+
+    async def _retire(self, model: Model, worker: WorkerProcess) -> None:
+        """Unload through the worker itself and keep its process as the next spare."""
+        if await worker.retire(model.spec.stop_timeout):
+            worker.unbind()
+            self._on_exit(model, worker, 0)
+            self._spares.offer(worker)
 
     def _wake(self, model: Model) -> None:
         assert model.worker is not None

@@ -140,12 +140,10 @@ def test_load_at_cap_with_everything_busy_is_503(router, models_dir: Path) -> No
 def test_a_request_for_a_stopping_model_waits_and_reloads(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir))
     slow = busy(server, tokens=300)
-    old_pid = server.model("slow")["pid"]
     assert server.post("/models/unload", {"model": "slow"}).ok
     again = Call(server, short("slow"))
     assert slow.result() == 200  # the worker finished what it had before it exited
     assert again.result() == 200, again.text
-    assert server.model("slow")["pid"] != old_pid
     assert loads_of(server, "slow") == 2
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from workers.errors import ApiError
 from workers.protocol import (
     EXIT_LOAD_FAILED,
+    Command,
     CommandCodec,
     Event,
     EventCodec,
@@ -28,6 +29,7 @@ from workers.protocol import (
     Loading,
     ModelSettings,
     Ready,
+    Released,
     Sleep,
     Slept,
     Wake,
@@ -44,7 +46,9 @@ _PROGRESS_INTERVAL = 0.05
 
 def run(conn: Connection) -> None:
     """Process entry point (multiprocessing target). The router starts workers ahead of need:
-    this one pays for its imports now and learns which model it serves from its first command."""
+    this one pays for its imports now and learns which model it serves from a Load command.
+    Unloaded with `recycle`, it frees the model and waits for the next Load instead of exiting,
+    so that swapping models costs no process start."""
     os.setpgrp()  # one group per worker, so the router can signal the worker and its children
     _exit_with_parent()
     commands, events = CommandCodec(), EventCodec()
@@ -53,31 +57,48 @@ def run(conn: Connection) -> None:
     def send(event: Event) -> None:
         conn.send_bytes(events.encode(event))
 
-    try:
-        first = commands.decode(conn.recv_bytes())
-    except (EOFError, OSError):
-        return
-    if not isinstance(first, Load):
-        return
-    engine = _load(first.settings, send)
     rings = AttachedRings()
-    send(Ready(engine.info()))
+    while isinstance(command := _receive(conn, commands), Load):
+        engine = _load(command.settings, send)
+        send(Ready(engine.info()))
+        recycle = _serve(engine, rings, conn, commands, send)
+        engine.sleep()
+        if not recycle:
+            break
+        send(Released())
+    conn.close()
+    os._exit(0)  # nothing to tear down: rings belong to the router, the OS frees the model
+
+
+def _receive(conn: Connection, commands: CommandCodec) -> Command | None:
+    try:
+        return commands.decode(conn.recv_bytes())
+    except (EOFError, OSError):
+        return None
+
+
+def _serve(
+    engine: LlamaEngine,
+    rings: AttachedRings,
+    conn: Connection,
+    commands: CommandCodec,
+    send: Callable[[Event], None],
+) -> bool:
+    """Serve one model until told to stop; True when the process should wait for another."""
     while True:
-        try:
-            command = commands.decode(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        match command:
-            case Infer():
-                serve(engine, rings, command, send)
+        match _receive(conn, commands):
+            case Infer() as request:
+                serve(engine, rings, request, send)
             case Sleep():
                 engine.sleep()
                 send(Slept())
             case Wake():
                 engine.wake()
                 send(Woke())
-            case Exit():
-                return
+            case Exit(recycle=recycle):
+                return recycle
+            case _:
+                return False
 
 
 def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine:

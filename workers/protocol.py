@@ -62,7 +62,8 @@ class Wake(_Message, tag="wake", frozen=True):
 
 
 class Exit(_Message, tag="exit", frozen=True):
-    pass
+    # With `recycle`, free the model and wait for the next Load instead of exiting.
+    recycle: bool = False
 
 
 Command = Load | Infer | Sleep | Wake | Exit
@@ -89,6 +90,10 @@ class Wrote(_Message, tag="wrote", frozen=True):
     request_id: int
 
 
+class Released(_Message, tag="released", frozen=True):
+    """The model is freed; the process waits for its next Load."""
+
+
 class Slept(_Message, tag="slept", frozen=True):
     pass
 
@@ -97,7 +102,7 @@ class Woke(_Message, tag="woke", frozen=True):
     pass
 
 
-Event = Loading | Ready | LoadFailed | Wrote | Slept | Woke
+Event = Loading | Ready | LoadFailed | Wrote | Released | Slept | Woke
 
 
 class CommandCodec:
