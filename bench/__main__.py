@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--session-tokens", type=int, default=16000)
+    parser.add_argument(
+        "--session-tokens", type=int, default=9000, help="about 4 MiB of events on tiny models"
+    )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
 

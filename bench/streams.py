@@ -28,7 +28,9 @@ def replay_throughput(url: str, conversation: str, seconds: float = 5.0) -> dict
     size = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        size = len(session.get(url + f"/v1/stream?conv_id={conversation}", timeout=60).content)
+        reply = session.get(url + f"/v1/stream?conv_id={conversation}", timeout=60)
+        reply.raise_for_status()
+        size = len(reply.content)
         replays += 1
     elapsed = time.perf_counter() - started
     return {
