@@ -22,7 +22,7 @@ def keep_alive_session() -> requests.Session:
     """A session that resends a request whose idle keep-alive connection the server just closed
     (llama-server's HTTP library closes them after a few requests)."""
     session = requests.Session()
-    retry = Retry(total=2, connect=2, read=0, status=0, other=0, allowed_methods=None)
+    retry = Retry(total=2, connect=2, read=2, status=0, other=0, allowed_methods=None)
     session.mount("http://", HTTPAdapter(max_retries=retry))
     return session
 

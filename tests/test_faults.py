@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.server import RouterProcess, model_worker_pids, segments_of
+from tests.server import model_worker_pids, segments_of
 from tests.tinymodels import EOS_TOKEN
 
 LONG_STREAM = {
@@ -65,10 +65,8 @@ def test_worker_killed_during_non_streamed_request_answers_500(router, models_di
     assert reply.json()["error"]["type"] == "server_error"
 
 
-def test_router_sigkill_takes_workers_down_and_restart_sweeps(
-    tmp_path: Path, models_dir: Path
-) -> None:
-    server = RouterProcess(["--models-dir", str(models_dir)], tmp_path / "cache").wait_ready()
+def test_router_sigkill_takes_workers_down_and_restart_sweeps(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir))
     reply = requests.post(
         server.url + "/v1/chat/completions", json=LONG_STREAM, stream=True, timeout=60
     )
@@ -88,10 +86,9 @@ def test_router_sigkill_takes_workers_down_and_restart_sweeps(
     foreign = Path("/dev/shm/someone_elses_segment")
     foreign.write_bytes(b"y")
     try:
-        second = RouterProcess(["--models-dir", str(models_dir)], tmp_path / "cache").wait_ready()
+        router("--models-dir", str(models_dir))
         assert not Path(stale).exists()
         assert foreign.exists()
-        second.stop()
     finally:
         foreign.unlink()
 
