@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -65,16 +66,21 @@ def requests_per_second(url: str, models: list[str], clients: int, per_client: i
         requests.post(
             url + "/v1/completions", json=completion(model), timeout=300
         ).raise_for_status()
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    elapsed = run_clients(client, clients)
+    if errors:
+        raise RuntimeError(f"{len(errors)} clients failed: {errors[0]}")
+    return clients * per_client / elapsed
+
+
+def run_clients(client: Callable[[int], None], count: int) -> float:
+    """Run `count` client threads at once; the seconds until the last one is done."""
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(count)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} clients failed: {errors[0]}")
-    return clients * per_client / elapsed
+    return time.perf_counter() - started
 
 
 def streaming_tokens_per_second(url: str, model: str, tokens: int, eos: list[int]) -> float:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from bench.measure import completion, keep_alive_session
+from bench.measure import completion, keep_alive_session, run_clients
 
 
 def first_byte_seconds(url: str, model: str) -> float:
@@ -54,15 +54,10 @@ def mixed_load(url: str, models: list[str], clients: int, per_client: int) -> di
                 else:
                     errors.append(detail)
 
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    seconds = run_clients(client, clients)
     return {
         "served": served,
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from router.relay import Exchange
+from router.relay import Exchange, Waker
 from router.streams import Session
 from workers.errors import ApiError
 from workers.ring import Media, OffsetLost, RingState
@@ -24,10 +24,11 @@ Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
 
-class RingResponse:
-    def __init__(self, exchange: Exchange, close: Callable[[Exchange], None]) -> None:
-        self.exchange = exchange
-        self._close = close
+class FollowingResponse:
+    """An ASGI response that writes while it watches for the client to leave."""
+
+    def __init__(self, waker: Waker) -> None:
+        self._waker = waker
         self._gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -38,15 +39,29 @@ class RingResponse:
             pass  # the client went away while we wrote
         finally:
             watcher.cancel()
-            self._close(self.exchange)
+            self._finished()
 
     async def _watch_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._gone = True
-                self.exchange.waker.wake()
-                return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self._waker.wake()
+
+    async def _respond(self, send: Send) -> None:
+        raise NotImplementedError
+
+    def _finished(self) -> None:
+        pass
+
+
+class RingResponse(FollowingResponse):
+    def __init__(self, exchange: Exchange, close: Callable[[Exchange], None]) -> None:
+        super().__init__(exchange.waker)
+        self.exchange = exchange
+        self._close = close
+
+    def _finished(self) -> None:
+        self._close(self.exchange)
 
     async def _respond(self, send: Send) -> None:
         exchange, ring = self.exchange, self.exchange.ring
@@ -116,29 +131,14 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class SessionResponse:
+class SessionResponse(FollowingResponse):
     """Follows a conversation session's ring from `offset`; a leaving client stops nothing."""
 
     def __init__(self, session: Session, offset: int, original: bool) -> None:
+        super().__init__(session.waker)
         self.session = session
         self.offset = offset
         self.original = original  # the POST that started it: its head comes from the worker
-        self._gone = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
-        try:
-            await self._respond(send)
-        except OSError:
-            pass
-        finally:
-            watcher.cancel()
-
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        self.session.waker.wake()
 
     async def _respond(self, send: Send) -> None:
         session, ring = self.session, self.session.ring
