@@ -233,3 +233,16 @@ def test_readers_get_an_error_when_the_worker_dies(server: RouterProcess) -> Non
     assert time.monotonic() - started < 2
     assert b'"error"' in rest[-1]
     assert replay(server).content.rstrip().endswith(b"}}")
+
+
+def test_delete_during_prompt_processing_frees_the_worker(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "-c", "8192")
+    body = {"model": "slow", "prompt": "x" * 6000, "max_tokens": 5, "stream": True}
+    Call(server, body, conversation="long-prompt")
+    server.wait_status("slow", "loaded")
+    time.sleep(0.3)  # the worker is deep in the 6000-token prompt
+    assert requests.delete(server.url + "/v1/stream?conv_id=long-prompt", timeout=10).ok
+    started = time.monotonic()
+    quick = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
+    assert quick.ok
+    assert time.monotonic() - started < 2.5, "the prompt kept running after its stream was deleted"

@@ -8,8 +8,10 @@ checks the cancel flag between tokens, and counts exactly what it generated.
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,8 @@ import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from workers.errors import ApiError
+
+LONG_PROMPT = 64  # tokens; shorter prompts decode faster than a cancel could matter
 
 SAMPLER_ARGS = (
     "temp",
@@ -106,7 +110,10 @@ def generate(
     tokens = llm.generate(
         prompt_tokens, logits_processor=processors, grammar=params.get("grammar"), **sampler
     )
-    for token in tokens:
+    first = _decode_prompt(llm, tokens, len(prompt_tokens), cancelled, outcome)
+    if first is None:
+        return
+    for token in itertools.chain([first], tokens):
         if cancelled():
             outcome.cancelled = True
             return
@@ -134,6 +141,42 @@ def generate(
     rest = held + decoder.decode(b"", final=True)
     if rest:
         yield rest
+
+
+class PromptAbort:
+    """Lets a cancel stop llama.cpp inside a long prompt's decode. llama.cpp asks the callback
+    between graph nodes: too often to leave it on while tokens come one at a time."""
+
+    def __init__(self, llm: llama_cpp.Llama, cancelled: Callable[[], bool]) -> None:
+        self._ctx = llm._ctx.ctx
+        self._callback = llama_lib.ggml_abort_callback(lambda _data: cancelled())
+
+    def __enter__(self) -> None:
+        llama_lib.llama_set_abort_callback(self._ctx, self._callback, None)
+
+    def __exit__(self, *_: object) -> None:
+        llama_lib.llama_set_abort_callback(self._ctx, llama_lib.ggml_abort_callback(), None)
+
+
+def _decode_prompt(
+    llm: llama_cpp.Llama,
+    tokens: Iterator[int],
+    prompt_length: int,
+    cancelled: Callable[[], bool],
+    outcome: Outcome,
+) -> int | None:
+    """The first token, or None when the prompt's decode was cancelled or produced nothing."""
+    guard = PromptAbort(llm, cancelled) if prompt_length > LONG_PROMPT else nullcontext()
+    with guard:
+        try:
+            return next(tokens)
+        except StopIteration:
+            return None
+        except RuntimeError:
+            if not cancelled():
+                raise
+            outcome.cancelled = True
+            return None
 
 
 def _stops(value: Any) -> list[str]:
