@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ def create_app(config: RouterConfig) -> Starlette:
         stale = sweep_stale_segments()
         if stale:
             log.info("removed %d stale shared-memory segments of a dead router", len(stale))
+        state.loop = asyncio.get_running_loop()
         state.supervisor.start()
         state.streams.start_gc()
         try:
@@ -50,7 +52,7 @@ def create_app(config: RouterConfig) -> Starlette:
 
 async def shutdown(state: RouterState) -> None:
     """End every stream and session, stop every worker, and remove every ring."""
-    state.streams.stop_all()
+    state.stop_generations()
     await state.relay.drain()
     await state.supervisor.shutdown()
     await state.relay.drain()

@@ -151,6 +151,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
     )
 
 
+# Streams end within a token of the stop signal; a connection still open after this is cut.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
 class RouterServer(uvicorn.Server):
     """Ends every generation as soon as a stop signal arrives, so open streams close promptly."""
 
@@ -159,7 +163,9 @@ class RouterServer(uvicorn.Server):
         self._state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.relay.cancel_all()
+        # A signal handler: the stop itself runs on the event loop.
+        if self._state.loop is not None:
+            self._state.loop.call_soon_threadsafe(self._state.stop_generations)
         super().handle_exit(sig, frame)
 
 
@@ -190,7 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     state: RouterState = app.state.router
     server = RouterServer(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", lifespan="on"),
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        ),
         state,
     )
     print(_banner(config, state), flush=True)

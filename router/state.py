@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from router.catalog import FoundFiles, build_catalog, bundled_default
@@ -21,6 +22,12 @@ class RouterState:
     supervisor: Supervisor
     relay: Relay
     streams: Streams
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def stop_generations(self) -> None:
+        """Shutting down: end every generation, so that every open stream closes."""
+        self.streams.stop_all()
+        self.relay.cancel_all()
 
 
 def reload_catalog(state: RouterState) -> None:

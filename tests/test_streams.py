@@ -246,3 +246,17 @@ def test_delete_during_prompt_processing_frees_the_worker(router, models_dir: Pa
     quick = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
     assert quick.ok
     assert time.monotonic() - started < 2.5, "the prompt kept running after its stream was deleted"
+
+
+def test_shutdown_ends_live_sessions_for_their_readers(server: RouterProcess) -> None:
+    start_session(server, tokens=3000).close()
+    server.wait_status("slow", "loaded")
+    reader = replay(server, stream=True)
+    lines = reader.iter_lines()
+    next(lines)
+    stopped = time.monotonic()
+    server.stop(signal.SIGTERM)
+    list(lines)  # the follower's stream ends instead of hanging
+    assert time.monotonic() - stopped < 10
+    alive, segments = server.leftovers()
+    assert alive == [] and segments == []
