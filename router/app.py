@@ -58,6 +58,7 @@ async def shutdown(state: RouterState) -> None:
     await state.relay.drain()
     await state.streams.close()
     state.relay.close_rings()
+    state.events.close()
 
 
 def error_response(error: ApiError) -> Response:

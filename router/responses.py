@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from router.relay import Exchange, Waker
+from router.events import PING_SECONDS, EventHub, Subscriber
+from router.relay import Exchange
 from router.streams import Session
 from workers.errors import ApiError
 from workers.ring import Media, OffsetLost, RingState
@@ -27,8 +28,7 @@ Send = Callable[[dict[str, Any]], Any]
 class FollowingResponse:
     """An ASGI response that writes while it watches for the client to leave."""
 
-    def __init__(self, waker: Waker) -> None:
-        self._waker = waker
+    def __init__(self) -> None:
         self._gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,10 +45,13 @@ class FollowingResponse:
         while (await receive())["type"] != "http.disconnect":
             pass
         self._gone = True
-        self._waker.wake()
+        self._client_left()
 
     async def _respond(self, send: Send) -> None:
         raise NotImplementedError
+
+    def _client_left(self) -> None:
+        pass
 
     def _finished(self) -> None:
         pass
@@ -56,9 +59,12 @@ class FollowingResponse:
 
 class RingResponse(FollowingResponse):
     def __init__(self, exchange: Exchange, close: Callable[[Exchange], None]) -> None:
-        super().__init__(exchange.waker)
+        super().__init__()
         self.exchange = exchange
         self._close = close
+
+    def _client_left(self) -> None:
+        self.exchange.waker.wake()
 
     def _finished(self) -> None:
         self._close(self.exchange)
@@ -135,10 +141,13 @@ class SessionResponse(FollowingResponse):
     """Follows a conversation session's ring from `offset`; a leaving client stops nothing."""
 
     def __init__(self, session: Session, offset: int, original: bool) -> None:
-        super().__init__(session.waker)
+        super().__init__()
         self.session = session
         self.offset = offset
         self.original = original  # the POST that started it: its head comes from the worker
+
+    def _client_left(self) -> None:
+        self.session.waker.wake()
 
     async def _respond(self, send: Send) -> None:
         session, ring = self.session, self.session.ring
@@ -175,3 +184,24 @@ class SessionResponse(FollowingResponse):
                     return
             else:
                 await session.waker.wait()
+
+
+class EventsResponse(FollowingResponse):
+    """`GET /models/sse`: the hub's events as they happen, with a ping in every quiet spell."""
+
+    def __init__(self, hub: EventHub) -> None:
+        super().__init__()
+        self._hub = hub
+        self._subscriber: Subscriber = hub.subscribe()
+
+    def _client_left(self) -> None:
+        self._hub.unsubscribe(self._subscriber)
+
+    def _finished(self) -> None:
+        self._hub.unsubscribe(self._subscriber)
+
+    async def _respond(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        while (line := await self._subscriber.next(PING_SECONDS)) is not None:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

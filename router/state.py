@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from router.catalog import FoundFiles, build_catalog, bundled_default
 from router.config import RouterConfig
+from router.events import EventHub
 from router.presets import PresetError, Presets, load_presets
 from router.relay import Relay
 from router.streams import Streams
@@ -22,12 +23,14 @@ class RouterState:
     supervisor: Supervisor
     relay: Relay
     streams: Streams
+    events: EventHub
     loop: asyncio.AbstractEventLoop | None = None
 
     def stop_generations(self) -> None:
         """Shutting down: end every generation, so that every open stream closes."""
         self.streams.stop_all()
         self.relay.cancel_all()
+        self.events.close()
 
 
 def reload_catalog(state: RouterState) -> None:
@@ -49,4 +52,6 @@ def build_state(config: RouterConfig) -> RouterState:
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
     supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)
     streams = Streams(supervisor, relay, config.stream_buffer_bytes, config.stream_ttl_seconds)
-    return RouterState(config, presets, bundled, supervisor, relay, streams)
+    events = EventHub()
+    supervisor.subscribe(events.publish)
+    return RouterState(config, presets, bundled, supervisor, relay, streams, events)

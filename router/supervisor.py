@@ -333,7 +333,7 @@ class Supervisor:
         # the requests already sent to it (they precede Exit on the pipe) within its stop-timeout.
         loading = model.status is Status.LOADING
         model.status = Status.STOPPING
-        self._changed(model)
+        model.mark_changed()  # no event: clients see it "loaded" until it is gone
         if loading:
             self._spawn_task(worker.stop(Exit(), 0.0))
         else:

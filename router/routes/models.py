@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.catalog import ModelSpec
+from router.responses import EventsResponse
 from router.routes.common import json_response, read_body, router_state, success
 from router.state import reload_catalog
 from router.supervisor import Model, Status
@@ -109,7 +110,12 @@ async def unload_model(request: Request) -> Response:
     return success()
 
 
+async def model_events(request: Request) -> EventsResponse:
+    return EventsResponse(router_state(request).events)
+
+
 routes = [
+    Route("/models/sse", model_events, methods=["GET"]),
     Route("/models", list_models, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/models/load", load_model, methods=["POST"]),
