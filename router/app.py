@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router.config import RouterConfig
-from router.routes import inference, models, ops, streams
+from router.routes import downloads, inference, models, ops, streams
 from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
@@ -38,7 +38,13 @@ def create_app(config: RouterConfig) -> Starlette:
             await shutdown(state)
 
     app = Starlette(
-        routes=[*ops.routes, *models.routes, *inference.routes, *streams.routes],
+        routes=[
+            *ops.routes,
+            *models.routes,
+            *downloads.routes,
+            *inference.routes,
+            *streams.routes,
+        ],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -6,6 +6,7 @@ every call; the supervisor compares tables to reload.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ import msgspec
 
 from router.config import RouterConfig, parse_bool
 from router.presets import Presets, split_list
+from workers.download import MANIFEST
 
 log = logging.getLogger("llama-router")
 
@@ -92,8 +94,20 @@ def _scan_model_folder(folder: Path) -> FoundFiles | None:
     if main is None:
         return None
     return FoundFiles(
-        id=folder.name, path=str(main), mmproj=str(projectors[0]) if projectors else None
+        id=_manifest_id(folder) or folder.name,
+        path=str(main),
+        mmproj=str(projectors[0]) if projectors else None,
     )
+
+
+def _manifest_id(folder: Path) -> str | None:
+    """A downloaded model's own name (`user/repo:QUANT`), which its folder name cannot hold."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    model_id = manifest.get("id") if isinstance(manifest, dict) else None
+    return model_id if isinstance(model_id, str) and model_id else None
 
 
 def build_catalog(

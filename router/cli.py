@@ -11,11 +11,15 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from tqdm import tqdm
 
 from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
+from router.downloads import resolve
 from router.presets import PresetError
 from router.state import RouterState
+from workers.download import DownloadError, Progress, download
+from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
 
@@ -179,7 +183,45 @@ def _banner(config: RouterConfig, state: RouterState) -> str:
     )
 
 
+def pull(argv: Sequence[str]) -> int:
+    """`llama-router pull user/repo:QUANT` (or `--url URL NAME`): download into the cache."""
+    parser = argparse.ArgumentParser(prog="llama-router pull")
+    parser.add_argument("model", help="user/repo[:QUANT], or a name for --url")
+    parser.add_argument("--url", help="a direct https://.../file.gguf address")
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()))
+    args = parser.parse_args(argv)
+    try:
+        job = resolve(args.model, args.url, args.cache_dir)
+    except ApiError as error:
+        print(f"llama-router pull: {error.message}", file=sys.stderr)
+        return 1
+    bars: dict[str, tqdm] = {}
+
+    def show(progress: Progress) -> None:
+        bar = bars.get(progress.url)
+        if bar is None:
+            name = progress.url.rsplit("/", 1)[-1]
+            bar = bars[progress.url] = tqdm(
+                total=progress.total, unit="B", unit_scale=True, desc=name
+            )
+        bar.update(progress.done - bar.n)
+
+    try:
+        download(job, show)
+    except DownloadError as error:
+        print(f"llama-router pull: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"{job.model_id} is in {job.folder}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["pull"]:
+        return pull(arguments[1:])
     try:
         config = config_from_args(argv)
     except (UsageError, OSError, ValueError) as error:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from router.catalog import FoundFiles, build_catalog, bundled_default
 from router.config import RouterConfig
+from router.downloads import Downloads
 from router.events import EventHub
 from router.presets import PresetError, Presets, load_presets
 from router.relay import Relay
 from router.streams import Streams
-from router.supervisor import Supervisor, check_startup
+from router.supervisor import Model, Supervisor, check_startup
 from workers.errors import ApiError
 
 
@@ -24,12 +25,14 @@ class RouterState:
     relay: Relay
     streams: Streams
     events: EventHub
+    downloads: Downloads
     loop: asyncio.AbstractEventLoop | None = None
 
     def stop_generations(self) -> None:
         """Shutting down: end every generation, so that every open stream closes."""
         self.streams.stop_all()
         self.relay.cancel_all()
+        self.downloads.shutdown()
         self.events.close()
 
 
@@ -40,6 +43,15 @@ def reload_catalog(state: RouterState) -> None:
     except PresetError as error:
         raise ApiError(500, str(error)) from error
     state.supervisor.reload(build_catalog(state.config, state.presets, state.bundled))
+
+
+def find_model(state: RouterState, name: str) -> Model | None:
+    """A model by id or alias; a download that just finished is picked up on the way."""
+    model = state.supervisor.find(name)
+    if model is None and state.downloads.take_finished():
+        reload_catalog(state)
+        model = state.supervisor.find(name)
+    return model
 
 
 def build_state(config: RouterConfig) -> RouterState:
@@ -54,4 +66,5 @@ def build_state(config: RouterConfig) -> RouterState:
     streams = Streams(supervisor, relay, config.stream_buffer_bytes, config.stream_ttl_seconds)
     events = EventHub()
     supervisor.subscribe(events.publish)
-    return RouterState(config, presets, bundled, supervisor, relay, streams, events)
+    downloads = Downloads(events.publish)
+    return RouterState(config, presets, bundled, supervisor, relay, streams, events, downloads)

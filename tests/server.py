@@ -71,6 +71,9 @@ class RouterProcess:
             self.url + path, json=json, timeout=kwargs.pop("timeout", 60), **kwargs
         )
 
+    def session_delete(self, model_id: str) -> requests.Response:
+        return requests.delete(self.url + "/models", params={"model": model_id}, timeout=60)
+
     def model(self, model_id: str) -> dict[str, Any]:
         for entry in self.get("/models").json()["data"]:
             if entry["id"] == model_id:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from router.responses import RingResponse, SessionResponse
 from router.routes.common import query_flag, read_body, router_state
+from router.state import find_model
 from router.supervisor import Lease
 from workers.errors import ApiError
 from workers.schema import BODY_TYPES, decode_body
@@ -31,7 +32,7 @@ async def infer(request: Request) -> Any:
     if not name:
         raise ApiError(400, "model name is missing from the request")
     state = router_state(request)
-    model = state.supervisor.find(name)
+    model = find_model(state, name)
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     autoload = query_flag(request, "autoload", state.config.models_autoload)

@@ -11,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.catalog import ModelSpec
+from router.downloads import Download
 from router.responses import EventsResponse
 from router.routes.common import json_response, read_body, router_state, success
-from router.state import reload_catalog
+from router.state import find_model, reload_catalog
 from router.supervisor import Model, Status
 from workers.errors import ApiError
 from workers.schema import decode_body
@@ -78,26 +79,47 @@ def model_entry(model: Model, created: int) -> dict[str, Any]:
     return entry
 
 
+def download_entry(download: Download, created: int) -> dict[str, Any]:
+    status: dict[str, Any] = {"value": download.status, "args": []}
+    if download.status == "downloading":
+        status["progress"] = download.progress
+    return {
+        "id": download.model_id,
+        "aliases": [],
+        "tags": [],
+        "object": "model",
+        "owned_by": "llamacpp",
+        "created": created,
+        "status": status,
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "source": "cache",
+        "can_remove": False,
+    }
+
+
 async def list_models(request: Request) -> Response:
     state = router_state(request)
-    if request.query_params.get("reload"):
+    if request.query_params.get("reload") or state.downloads.take_finished():
         reload_catalog(state)
-    supervisor = state.supervisor
     created = int(time.time())
-    data = [model_entry(model, created) for model in supervisor.models.values()]
+    data = [model_entry(model, created) for model in state.supervisor.models.values()]
+    data += [download_entry(d, created) for d in state.downloads.entries()]
     return json_response({"object": "list", "data": data})
 
 
-async def _named_model(request: Request, unknown_status: int) -> Model:
-    body = decode_body(await read_body(request), ModelName)
-    model = router_state(request).supervisor.find(body.model)
+async def _model_name(request: Request) -> str:
+    return decode_body(await read_body(request), ModelName).model
+
+
+def _find(request: Request, name: str, unknown_status: int) -> Model:
+    model = find_model(router_state(request), name)
     if model is None:
         raise ApiError(unknown_status, "model is not found")
     return model
 
 
 async def load_model(request: Request) -> Response:
-    model = await _named_model(request, 404)
+    model = _find(request, await _model_name(request), 404)
     await router_state(request).supervisor.load(model)
     if model.failed and model.status is Status.UNLOADED:
         raise ApiError(500, f"model name={model.id} failed to load: {model.load_error}")
@@ -105,8 +127,11 @@ async def load_model(request: Request) -> Response:
 
 
 async def unload_model(request: Request) -> Response:
-    model = await _named_model(request, 400)
-    router_state(request).supervisor.unload(model)
+    """Stops a model, or cancels its download (the partial files stay for a resume)."""
+    name = await _model_name(request)
+    if router_state(request).downloads.cancel(name):
+        return success()
+    router_state(request).supervisor.unload(_find(request, name, 400))
     return success()
 
 

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.routes.common import json_response, query_flag, router_state
+from router.state import find_model
 from router.supervisor import Status
 from workers.errors import ApiError
 
@@ -49,7 +50,7 @@ async def props(request: Request) -> Response:
 async def model_props(request: Request, name: str) -> Response:
     """A model's own props, from what its worker reported; asking never wakes a sleeping one."""
     state = router_state(request)
-    model = state.supervisor.find(name)
+    model = find_model(state, name)
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):

@@ -1,0 +1,101 @@
+"""A Hugging Face compatible hub on 127.0.0.1: repo listings, files with Range, planned failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+CHUNK = 32 * 1024
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.listed_sha: dict[str, str] = {}
+        self.ranges: list[tuple[str, str | None]] = []
+        self.fail_once_after: dict[str, int] = {}
+        self.seconds_per_chunk = 0.0
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                hub.serve(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, repo: str, path: str, data: bytes, sha256: str | None = None) -> None:
+        key = f"{repo}/{path}"
+        self.files[key] = data
+        self.listed_sha[key] = sha256 or hashlib.sha256(data).hexdigest()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def serve(self, request: BaseHTTPRequestHandler) -> None:
+        path = unquote(urlparse(request.path).path)
+        if path.startswith("/api/models/") and "/tree/" in path:
+            repo = path[len("/api/models/") :].split("/tree/")[0]
+            listing = [
+                {
+                    "type": "file",
+                    "path": key[len(repo) + 1 :],
+                    "size": len(data),
+                    "lfs": {"oid": self.listed_sha[key], "size": len(data)},
+                }
+                for key, data in self.files.items()
+                if key.startswith(repo + "/")
+            ]
+            if not listing:
+                return _reply(request, 404, b'{"error": "Repository not found"}')
+            return _reply(request, 200, json.dumps(listing).encode())
+        if "/resolve/main/" in path:
+            repo, _, name = path.strip("/").partition("/resolve/main/")
+            return self._send_file(request, f"{repo}/{name}")
+        if path.startswith("/direct/"):
+            return self._send_file(request, path[len("/direct/") :])
+        _reply(request, 404, b"not found")
+
+    def _send_file(self, request: BaseHTTPRequestHandler, key: str) -> None:
+        data = self.files.get(key)
+        if data is None:
+            return _reply(request, 404, b"not found")
+        wanted = request.headers.get("Range")
+        self.ranges.append((key, wanted))
+        start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
+        request.send_response(206 if wanted else 200)
+        request.send_header("Content-Length", str(len(data) - start))
+        if wanted:
+            request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        request.end_headers()
+        cut = self.fail_once_after.pop(key, None)
+        end = len(data) if cut is None else start + cut
+        for offset in range(start, end, CHUNK):
+            try:
+                request.wfile.write(data[offset : min(offset + CHUNK, end)])
+                request.wfile.flush()
+            except OSError:
+                return
+            time.sleep(self.seconds_per_chunk)
+        if cut is not None:
+            request.connection.shutdown(socket.SHUT_RDWR)  # the connection drops mid-file
+            request.close_connection = True
+
+
+def _reply(request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", "application/json")
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    request.wfile.write(body)
