@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from bench import measure, scheduling, streams
+from bench import downloads, measure, scheduling, streams
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.catalog import bundled_default
 from router.config import default_cache_dir, model_settings
@@ -92,7 +92,7 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("parts", nargs="*", default=["core", "scheduling", "streams"])
+    parser.add_argument("parts", nargs="*", default=["core", "scheduling", "streams", "downloads"])
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
@@ -139,6 +139,12 @@ def main() -> None:
         flow = {"llama-router": run_streams(router_target(models, work / "cache", ctx), work, args)}
         print("\nresumable streams:", json.dumps(flow, indent=2))
         results["streams"] = flow
+    if "downloads" in args.parts:
+        fetched = downloads.run(
+            lambda cache: router_target(models, cache, ["--models-max", "2"]), work, 256
+        )
+        print("\ndownloads:", json.dumps(fetched, indent=2))
+        results["downloads"] = fetched
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

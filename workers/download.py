@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import requests
 import urllib3
 
-READ_BYTES = 64 * 1024  # a read blocks until this much has come: small enough for live progress
-HASH_BYTES = 1 << 20
+READ_BYTES = 1 << 20  # at most: read1 returns what has arrived, it does not wait for this much
 PROGRESS_INTERVAL = 0.1
 MANIFEST = "manifest.json"
 
@@ -84,6 +84,7 @@ def fetch(
         return
     partial = folder / (file.name + ".partial")
     have = partial.stat().st_size if partial.exists() else 0
+    digest = None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -97,13 +98,25 @@ def fetch(
                 if reply.status_code == 200:
                     have = 0  # the server ignored the range: start over
                 total = file.size or have + int(reply.headers.get("content-length", 0))
-                _receive(reply, partial, have, total, file.url, on_progress)
+                digest = _digest_of(partial, have)
+                _receive(reply, partial, have, total, file.url, digest, on_progress)
     except requests.RequestException as error:
         raise DownloadError(f"{file.url}: {error}") from error
     except OSError as error:
         raise DownloadError(f"cannot write {partial}: {error}") from error
-    _verify(partial, file)
+    _verify(partial, file, digest)
     partial.rename(target)
+
+
+def _digest_of(partial: Path, length: int) -> Any:
+    """sha256 of the bytes a resumed download already has; the rest is hashed as it arrives."""
+    digest = hashlib.sha256()
+    if length:
+        with open(partial, "rb") as data:
+            while block := data.read(min(READ_BYTES, length)):
+                digest.update(block)
+                length -= len(block)
+    return digest
 
 
 def _receive(
@@ -112,6 +125,7 @@ def _receive(
     have: int,
     total: int,
     url: str,
+    digest: Any,
     on_progress: Callable[[Progress], None],
 ) -> None:
     last = 0.0
@@ -121,6 +135,7 @@ def _receive(
             # kept (iter_content would discard a partly filled chunk and fetch it again)
             while chunk := reply.raw.read1(READ_BYTES):
                 out.write(chunk)
+                digest.update(chunk)
                 have += len(chunk)
                 now = time.monotonic()
                 if now - last >= PROGRESS_INTERVAL:
@@ -133,15 +148,13 @@ def _receive(
         raise DownloadError(f"{url}: connection closed after {have} of {total} bytes")
 
 
-def _verify(partial: Path, file: DownloadFile) -> None:
+def _verify(partial: Path, file: DownloadFile, digest: Any) -> None:
     size = partial.stat().st_size
     if file.size is not None and size != file.size:
         raise DownloadError(f"{file.name}: size {size} instead of {file.size}")
     if file.sha256:
-        digest = hashlib.sha256()
-        with open(partial, "rb") as data:
-            while block := data.read(HASH_BYTES):
-                digest.update(block)
+        if digest is None:
+            digest = _digest_of(partial, size)
         if digest.hexdigest() != file.sha256.lower():
             partial.unlink()
             raise DownloadError(f"{file.name}: sha256 mismatch (expected {file.sha256})")
