@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.config import RouterConfig
+from router.middleware import ApiKeys
 from router.routes import downloads, inference, models, ops, streams
 from router.state import RouterState, build_state
 from workers.errors import ApiError
@@ -37,7 +40,22 @@ def create_app(config: RouterConfig) -> Starlette:
         finally:
             await shutdown(state)
 
+    middleware = []
+    if config.cors_origins:
+        wildcard = "*" in config.cors_origins
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=config.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                allow_credentials=not wildcard,  # never a wildcard with credentials
+            )
+        )
+    if config.api_keys:
+        middleware.append(Middleware(ApiKeys, keys=config.api_keys))
     app = Starlette(
+        middleware=middleware,
         routes=[
             *ops.routes,
             *models.routes,

@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--api-key", default=_env("LLAMA_API_KEY"), help="comma-separated keys")
     add("--api-key-file", default=None, help="one key per line")
+    add(
+        "--cors-origins",
+        default="",
+        help="comma-separated origins allowed to call from a browser (default: same origin only)",
+    )
+    add(
+        "--max-waiting-per-model",
+        type=int,
+        default=256,
+        help="requests that may wait for one model to load; more answer 503",
+    )
     add("--timeout", type=float, default=3600.0, help="read/write timeout of a proxied request")
     add("--cache-dir", default=str(default_cache_dir()), help="downloaded models (env LLAMA_CACHE)")
     add(
@@ -145,6 +156,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         models_autoload=args.models_autoload,
         sleep_idle_seconds=args.sleep_idle_seconds,
         api_keys=keys,
+        cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
+        max_waiting_per_model=args.max_waiting_per_model,
         timeout=args.timeout,
         cache_dir=args.cache_dir,
         stream_buffer_bytes=args.stream_buffer_bytes,

@@ -74,6 +74,8 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     models_autoload: bool = True
     sleep_idle_seconds: float | None = None
     api_keys: list[str] = []
+    cors_origins: list[str] = []
+    max_waiting_per_model: int = 256
     timeout: float = 3600.0
     cache_dir: str = msgspec.field(default_factory=lambda: str(default_cache_dir()))
     stream_buffer_bytes: int = 4 * 1024 * 1024

@@ -186,6 +186,9 @@ class Supervisor:
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
         failed_loads = model.failed_loads
+        ready = model.status in (Status.LOADED, Status.SLEEPING)
+        if not ready and model.wanted >= self.config.max_waiting_per_model:
+            raise ApiError(503, f"too many requests waiting for model {model.id}, try again later")
         model.wanted += 1
         try:
             while True:
