@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="requests that may wait for one model to load; more answer 503",
     )
+    add(
+        "--worker-heartbeat-seconds",
+        type=float,
+        default=60.0,
+        help="a loaded worker silent this long is taken for hung and restarted",
+    )
     add("--timeout", type=float, default=3600.0, help="read/write timeout of a proxied request")
     add("--cache-dir", default=str(default_cache_dir()), help="downloaded models (env LLAMA_CACHE)")
     add(
@@ -158,6 +164,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         api_keys=keys,
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
         max_waiting_per_model=args.max_waiting_per_model,
+        heartbeat_seconds=args.worker_heartbeat_seconds,
         timeout=args.timeout,
         cache_dir=args.cache_dir,
         stream_buffer_bytes=args.stream_buffer_bytes,

@@ -76,6 +76,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     api_keys: list[str] = []
     cors_origins: list[str] = []
     max_waiting_per_model: int = 256
+    heartbeat_seconds: float = 60.0
     timeout: float = 3600.0
     cache_dir: str = msgspec.field(default_factory=lambda: str(default_cache_dir()))
     stream_buffer_bytes: int = 4 * 1024 * 1024

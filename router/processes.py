@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +51,9 @@ class WorkerProcess:
         self._events = EventCodec()
         self._loop = asyncio.get_running_loop()
         self.conn, child_conn = _SPAWN.Pipe(duplex=True)
+        self.heartbeat = _SPAWN.Value("d", time.monotonic(), lock=False)
         self.process = _SPAWN.Process(
-            target=model_worker.run, args=(child_conn,), name="llama-router-model"
+            target=model_worker.run, args=(child_conn, self.heartbeat), name="llama-router-model"
         )
         self.process.start()
         child_conn.close()
@@ -65,6 +67,10 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.exit_code is None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the worker last showed it is not stuck."""
+        return now - float(self.heartbeat.value)
 
     def load(
         self,

@@ -126,6 +126,20 @@ def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
     return min(candidates, key=lambda model: model.last_used, default=None)
 
 
+def unloadable(spec: ModelSpec) -> str | None:
+    """Why a model cannot possibly load (no file, not a GGUF, bad settings), or None."""
+    if spec.error or not spec.path:
+        return spec.error or "no model file"
+    try:
+        with open(spec.path, "rb") as file:
+            magic = file.read(4)
+    except OSError as error:
+        return f"cannot read {spec.path}: {error.strerror}"
+    if magic != b"GGUF":
+        return f"{spec.path} is not a GGUF file"
+    return None
+
+
 def check_startup(specs: dict[str, ModelSpec], config: RouterConfig) -> None:
     eager = sum(1 for spec in specs.values() if spec.load_on_startup)
     if config.models_max > 0 and eager > config.models_max:
@@ -207,6 +221,9 @@ class Supervisor:
                         raise ApiError(500, self._load_failure(model))
                     if not autoload:
                         raise ApiError(400, "model is not loaded")
+                    problem = unloadable(model.spec)
+                    if problem:  # refused before anything is evicted for it
+                        raise ApiError(500, f"model name={model.id} failed to load: {problem}")
                     if model not in self.queue:
                         self.queue.append(model)
                     self._pump()
@@ -461,6 +478,16 @@ class Supervisor:
     def tick(self, now: float) -> None:
         sleep_after = self.config.sleep_idle_seconds
         for model in self.models.values():
+            worker = model.worker
+            ready = model.status in (Status.LOADED, Status.SLEEPING)
+            if (
+                ready
+                and worker is not None
+                and worker.silent_for(now) > self.config.heartbeat_seconds
+            ):
+                log.error("worker of %s stopped answering: killing it", model.id)
+                worker.kill()
+                continue
             if model.status is not Status.LOADED or not model.idle:
                 continue
             idle_for = now - model.idle_since
@@ -471,6 +498,12 @@ class Supervisor:
                 model.worker.send(Sleep())
                 model.status = Status.SLEEPING
                 self._changed(model)
+
+    def _hung(self, model: Model, now: float) -> bool:
+        worker = model.worker
+        if worker is None or model.status not in (Status.LOADED, Status.SLEEPING):
+            return False
+        return worker.silent_for(now) > self.config.heartbeat_seconds
 
     async def shutdown(self) -> None:
         if self._ticker is not None:

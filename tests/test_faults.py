@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -101,7 +102,6 @@ def _running(pid: int) -> bool:
 
 
 def _kill_later(pid: int, delay: float):
-    import threading
 
     def kill() -> None:
         time.sleep(delay)
@@ -110,3 +110,79 @@ def _kill_later(pid: int, delay: float):
     thread = threading.Thread(target=kill)
     thread.start()
     return thread
+
+
+def test_worker_killed_while_loading_and_while_idle(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir))
+    waiting = threading.Thread(
+        target=lambda: results.append(
+            server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
+        )
+    )
+    results: list[requests.Response] = []
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while True:
+        entry = server.model("slow")
+        if entry["status"]["value"] == "loading" and "pid" in entry:
+            os.kill(entry["pid"], signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "never saw the model loading"
+        time.sleep(0.005)
+    waiting.join(30)
+    assert results[0].status_code == 500
+    assert "slow" in results[0].json()["error"]["message"]
+    entry = server.wait_status("slow", "unloaded")
+    assert entry["status"]["failed"] is True and entry["status"]["exit_code"] == -signal.SIGKILL
+
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    os.kill(server.model("tiny-a")["pid"], signal.SIGKILL)
+    entry = server.wait_status("tiny-a", "unloaded")
+    assert entry["status"]["failed"] is True
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    assert server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2}).ok
+
+
+def test_a_model_that_cannot_load_answers_500_and_evicts_nothing(
+    router, tmp_path: Path, models_dir: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny-a.gguf").symlink_to(models_dir / "tiny-a.gguf")
+    (models / "garbage.gguf").write_bytes(b"this is not a model at all" * 100)
+    (models / "truncated.gguf").write_bytes((models_dir / "tiny-b.gguf").read_bytes()[:5000])
+    preset = tmp_path / "p.ini"
+    preset.write_text(f"[missing]\nmodel = {tmp_path / 'nowhere.gguf'}\n")
+    server = router(
+        "--models-dir", str(models), "--models-preset", str(preset), "--models-max", "1"
+    )
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    for name, reason in [("garbage", "not a GGUF"), ("missing", "cannot read")]:
+        reply = server.post("/v1/completions", {"model": name, "prompt": "x", "max_tokens": 2})
+        assert reply.status_code == 500
+        message = reply.json()["error"]["message"]
+        assert name in message and reason in message
+        assert server.status("tiny-a") == "loaded"  # nothing was evicted for it
+    reply = server.post("/v1/completions", {"model": "truncated", "prompt": "x", "max_tokens": 2})
+    assert reply.status_code == 500
+    assert "truncated" in reply.json()["error"]["message"]
+    assert server.model("truncated")["status"]["failed"] is True
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+
+
+def test_a_hung_worker_is_detected_and_restarted(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "--worker-heartbeat-seconds", "2")
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    pid = server.model("tiny-a")["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, but answering nothing
+    try:
+        started = time.monotonic()
+        stuck = server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
+        assert stuck.status_code == 500  # an error, not an endless wait
+        assert time.monotonic() - started < 10
+        entry = server.wait_status("tiny-a", "unloaded")
+        assert entry["status"]["failed"] is True
+    finally:
+        if psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection, wait
+from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING
 
 from workers.errors import ApiError
@@ -42,9 +43,10 @@ if TYPE_CHECKING:
     from workers.engines.llama_cpp import LlamaEngine
 
 _PROGRESS_INTERVAL = 0.05
+HEARTBEAT_SECONDS = 1.0
 
 
-def run(conn: Connection) -> None:
+def run(conn: Connection, heartbeat: Synchronized[float]) -> None:
     """Process entry point (multiprocessing target). The router starts workers ahead of need:
     this one pays for its imports now and learns which model it serves from a Load command.
     Unloaded with `recycle`, it frees the model and waits for the next Load instead of exiting,
@@ -58,10 +60,11 @@ def run(conn: Connection) -> None:
         conn.send_bytes(events.encode(event))
 
     rings = AttachedRings()
+    beat = Heartbeat(heartbeat)
     while isinstance(command := _receive(conn, commands), Load):
         engine = _load(command.settings, send)
         send(Ready(engine.info()))
-        recycle = _serve(engine, rings, conn, commands, send)
+        recycle = _serve(engine, rings, conn, commands, send, beat)
         engine.sleep()
         if not recycle:
             break
@@ -83,12 +86,16 @@ def _serve(
     conn: Connection,
     commands: CommandCodec,
     send: Callable[[Event], None],
+    beat: Heartbeat,
 ) -> bool:
     """Serve one model until told to stop; True when the process should wait for another."""
     while True:
+        while not conn.poll(HEARTBEAT_SECONDS):
+            beat()
+        beat()
         match _receive(conn, commands):
             case Infer() as request:
-                serve(engine, rings, request, send)
+                serve(engine, rings, request, send, beat)
             case Sleep():
                 engine.sleep()
                 send(Slept())
@@ -121,8 +128,23 @@ def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine
         sys.exit(EXIT_LOAD_FAILED)
 
 
+class Heartbeat:
+    """The last sign of life, in memory the router reads: refreshed while idle, and on every
+    cancel check, which the token loop makes per token and llama.cpp between graph nodes."""
+
+    def __init__(self, value: Synchronized[float]) -> None:
+        self._value = value
+
+    def __call__(self) -> None:
+        self._value.value = time.monotonic()
+
+
 def serve(
-    engine: LlamaEngine, rings: AttachedRings, request: Infer, send: Callable[[Event], None]
+    engine: LlamaEngine,
+    rings: AttachedRings,
+    request: Infer,
+    send: Callable[[Event], None],
+    beat: Heartbeat,
 ) -> None:
     try:
         ring = rings.get(request.ring)
@@ -132,7 +154,12 @@ def serve(
     try:
         if ring.cancelled:
             return
-        response = engine.handle(request.route, request.body, lambda: ring.cancelled)
+
+        def cancelled() -> bool:
+            beat()
+            return ring.cancelled
+
+        response = engine.handle(request.route, request.body, cancelled)
         if response.events is None:
             assert response.body is not None
             ring.begin(response.status, Media.JSON)
