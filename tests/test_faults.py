@@ -186,3 +186,16 @@ def test_a_hung_worker_is_detected_and_restarted(router, models_dir: Path) -> No
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGCONT)
     assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+
+
+def test_a_client_leaving_mid_stream_frees_the_model_at_once(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir))
+    reply = requests.post(
+        server.url + "/v1/chat/completions", json=LONG_STREAM, stream=True, timeout=60
+    )
+    lines = reply.iter_lines()
+    assert next(lines).startswith(b"data: {")
+    reply.close()  # 3000 tokens would keep the worker busy for many seconds
+    started = time.monotonic()
+    quick = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
+    assert quick.ok and time.monotonic() - started < 2.5
