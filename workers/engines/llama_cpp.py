@@ -214,11 +214,6 @@ class LlamaEngine:
         text = self.model.detokenize(request.tokens).decode("utf-8", errors="replace")
         return Response.json(200, {"content": text})
 
-    def _tokens_of(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, list):
-            return prompt
-        return self.model.tokenize(prompt.encode(), add_bos=True, special=True)
-
 
 _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
     "/v1/chat/completions": LlamaEngine.chat,
