@@ -22,6 +22,7 @@ def test_serves_bundled_gemma_with_real_text(router) -> None:
     assert reply.status_code == 200, reply.text
     text = reply.json()["choices"][0]["message"]["content"]
     assert text.strip(), reply.json()
+    assert "\x00" not in text, text
     tokens = server.post("/tokenize", {"model": entry["id"], "content": "Hello world"}).json()
     back = server.post("/detokenize", {"model": entry["id"], "tokens": tokens["tokens"]}).json()
     assert back["content"].strip() == "Hello world"

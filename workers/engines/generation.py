@@ -8,6 +8,7 @@ checks the cancel flag between tokens, and counts exactly what it generated.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -121,7 +122,7 @@ def generate(
             outcome.finish_reason = "stop"
             break
         outcome.completion_tokens += 1
-        text = held + decoder.decode(llm._model.token_to_piece(token, special=False))
+        text = held + decoder.decode(token_piece(vocab, token))
         cut = _first_stop(text, stops)
         if cut is not None:
             if text[:cut]:
@@ -177,6 +178,17 @@ def _decode_prompt(
                 raise
             outcome.cancelled = True
             return None
+
+
+def token_piece(vocab: Any, token: int) -> bytes:
+    """The token's bytes. (llama-cpp-python's own token_to_piece returns its whole 32-byte
+    buffer, NUL padding included.)"""
+    buffer = ctypes.create_string_buffer(64)
+    length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if length < 0:  # a longer piece: the call says how much room it needs
+        buffer = ctypes.create_string_buffer(-length)
+        length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    return buffer.raw[:length]
 
 
 def _stops(value: Any) -> list[str]:
