@@ -86,7 +86,7 @@ def test_generation_outlives_its_client_and_replays_exactly(server: RouterProces
     full = replay(server).content
     assert len(full) == row["total_bytes"]
     assert full.endswith(b"data: [DONE]\n\n")
-    assert full.count(b"chat.completion.chunk") >= 150
+    assert b'"finish_reason":"length"' in full  # all 150 tokens were generated
     assert replay(server, offset=100).content == full[100:]
     assert replay(server).content == full  # replay is repeatable
 
