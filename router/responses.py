@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -58,10 +59,14 @@ class FollowingResponse:
 
 
 class RingResponse(FollowingResponse):
-    def __init__(self, exchange: Exchange, close: Callable[[Exchange], None]) -> None:
+    def __init__(
+        self, exchange: Exchange, close: Callable[[Exchange], None], timeout: float
+    ) -> None:
         super().__init__()
         self.exchange = exchange
         self._close = close
+        self._timeout = timeout
+        self._quiet_since = time.monotonic()
 
     def _client_left(self) -> None:
         self.exchange.waker.wake()
@@ -72,7 +77,7 @@ class RingResponse(FollowingResponse):
     async def _respond(self, send: Send) -> None:
         exchange, ring = self.exchange, self.exchange.ring
         while ring.write_pos == 0 and exchange.running and not self._gone:
-            await exchange.waker.wait()
+            await self._wait()
         if self._gone:
             return
         if ring.write_pos == 0 and exchange.failure is not None:
@@ -122,13 +127,23 @@ class RingResponse(FollowingResponse):
                 return
             if data:
                 offset += len(data)
+                self._quiet_since = time.monotonic()
                 yield data
                 continue
             if not exchange.running:
                 if ring.write_pos == offset:
                     return
                 continue
-            await exchange.waker.wait()
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """Wait for the worker; past --timeout of silence the request fails (and is cancelled)."""
+        await self.exchange.waker.wait()
+        silent = time.monotonic() - self._quiet_since
+        if silent > self._timeout and self.exchange.running:
+            model = self.exchange.lease.model.id
+            message = f"model {model} sent nothing for {self._timeout:g} s"
+            self.exchange.failure = ApiError(500, message)
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:

@@ -199,3 +199,19 @@ def test_a_client_leaving_mid_stream_frees_the_model_at_once(router, models_dir:
     started = time.monotonic()
     quick = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
     assert quick.ok and time.monotonic() - started < 2.5
+
+
+def test_timeout_ends_a_request_whose_worker_stays_silent(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "--timeout", "1")
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    pid = server.model("tiny-a")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
+        assert reply.status_code == 500
+        assert "sent nothing for 1 s" in reply.json()["error"]["message"]
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok

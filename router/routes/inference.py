@@ -44,16 +44,16 @@ async def infer(request: Request) -> Any:
         lease = await until_disconnect(request, state.supervisor.acquire(model, autoload))
     except ClientGone:
         return Response(status_code=499)
-    return _relay(state.relay, lease, route, body)
+    return _relay(state.relay, lease, route, body, state.config.timeout)
 
 
-def _relay(relay: Any, lease: Lease, route: str, body: bytes) -> RingResponse:
+def _relay(relay: Any, lease: Lease, route: str, body: bytes, timeout: float) -> RingResponse:
     try:
         exchange = relay.send(lease, route, body)
     except BaseException:
         relay.release_lease(lease)
         raise
-    return RingResponse(exchange, relay.close)
+    return RingResponse(exchange, relay.close, timeout)
 
 
 async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
