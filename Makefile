@@ -6,7 +6,7 @@ ARGS ?=
 # llama-cpp-python compiles from source; pip keeps the built wheel in its cache for the next venv.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test run test lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: install-test
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long soak: 200 clients for 60 s (make test runs a short one).
+soak: install-test
+	SOAK_SECONDS=60 SOAK_CLIENTS=200 $(BIN)/pytest -s tests/test_soak.py
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)
