@@ -81,6 +81,9 @@ class Model:
     info: dict[str, Any] | None = None
     version: int = 0
     removed: bool = False
+    # Chosen to give up its slot once its requests are done: takes no new ones meanwhile, so
+    # that a model waiting in the queue cannot starve behind models that never go idle.
+    draining: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -119,7 +122,23 @@ def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
         model
         for model in models
         if model.status in (Status.LOADED, Status.SLEEPING)
-        and model.idle
+        and model.in_flight == 0
+        and (model.wanted == 0 or model.draining)
+        and not model.spec.pin
+        and model.id not in protected
+    ]
+    return min(candidates, key=lambda model: model.last_used, default=None)
+
+
+def pick_drain(models: Iterable[Model], protected: set[str]) -> Model | None:
+    """With every slot busy, the least recently used busy model that should finish and go.
+    One that still owes a first answer to requests that waited for it is left alone."""
+    candidates = [
+        model
+        for model in models
+        if model.status is Status.LOADED
+        and model.in_flight > 0
+        and model.wanted == 0
         and not model.spec.pin
         and model.id not in protected
     ]
@@ -207,9 +226,10 @@ class Supervisor:
         try:
             while True:
                 seen = model.version
-                if model.status is Status.SLEEPING:
+                if model.status is Status.SLEEPING and not model.draining:
                     self._wake(model)
-                if model.status is Status.LOADED and model.worker is not None:
+                servable = model.status is Status.LOADED and not model.draining
+                if servable and model.worker is not None:
                     model.in_flight += 1
                     if touch:
                         model.last_used = time.monotonic()
@@ -309,13 +329,20 @@ class Supervisor:
                 continue
             if any(model.status is Status.STOPPING for model in self.models.values()):
                 return  # a slot is already on its way
-            victim = pick_victim(self.models.values(), {model.id for model in self.queue})
+            queued = {model.id for model in self.queue}
+            victim = pick_victim(self.models.values(), queued)
             if victim is not None:
                 log.info("evicting %s to make room for %s", victim.id, head.id)
                 self._stop(victim)
+            elif not any(model.draining for model in self.models.values()):
+                drain = pick_drain(self.models.values(), queued)
+                if drain is not None:
+                    log.info("draining %s to make room for %s", drain.id, head.id)
+                    drain.draining = True
             return
 
     def _start(self, model: Model) -> None:
+        model.draining = False
         model.failed = False
         model.exit_code = None
         model.load_error = None
@@ -419,6 +446,7 @@ class Supervisor:
             log.error("worker of %s exited unexpectedly with %s", model.id, code)
         model.worker = None
         model.status = Status.UNLOADED
+        model.draining = False
         model.progress = None
         self._changed(model, exit_code=code)
         if model.removed:

@@ -68,7 +68,8 @@ def one_request(url: str, rng: random.Random, outcomes: Counter, latencies: list
 
 @pytest.mark.timeout(SECONDS * 4 + 120)
 def test_soak(router, models_dir: Path) -> None:
-    server = router("--models-dir", str(models_dir), "--models-max", "2")
+    # --timeout bounds every wait (queue or worker) below the clients' own timeout
+    server = router("--models-dir", str(models_dir), "--models-max", "2", "--timeout", "30")
     router_process = psutil.Process(server.proc.pid)
     for model in MODELS:
         assert server.post("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2}).ok

@@ -41,9 +41,13 @@ async def infer(request: Request) -> Any:
         session = state.streams.start(conversation_id, model, route, body, autoload)
         return SessionResponse(session, 0, original=True)
     try:
-        lease = await until_disconnect(request, state.supervisor.acquire(model, autoload))
+        waiting = asyncio.wait_for(state.supervisor.acquire(model, autoload), state.config.timeout)
+        lease = await until_disconnect(request, waiting)
     except ClientGone:
         return Response(status_code=499)
+    except TimeoutError as error:
+        message = f"model {model.id} was not available within {state.config.timeout:g} s"
+        raise ApiError(503, message) from error
     return _relay(state.relay, lease, route, body, state.config.timeout)
 
 
