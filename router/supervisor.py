@@ -11,6 +11,8 @@ The rules, in the order the code applies them:
 - The head of the queue takes a free slot; with none free, the least recently used idle model
   (nothing in flight, nobody waiting for it, not pinned, not queued) is stopped for it. A busy
   model is never stopped; when it goes idle the queue is looked at again.
+- With no idle model at all, the least recently used busy one drains: it takes no new requests
+  (they wait and reload it later), and once its current ones are done it is the victim.
 - A client that leaves gives up its claim: an entry nobody waits for is dropped.
 """
 

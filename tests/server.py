@@ -130,7 +130,8 @@ def _not_zombie(pid: int) -> bool:
 
 
 def model_worker_pids(router_pid: int) -> list[int]:
-    """The router's model workers (spawn children), not its resource tracker."""
+    """The router's worker processes (spawn children, the spare among them), not its
+    resource tracker."""
     try:
         children = psutil.Process(router_pid).children(recursive=True)
     except psutil.NoSuchProcess:

@@ -138,7 +138,7 @@ def test_lru_eviction_at_cap_two(router, models_dir: Path) -> None:
     assert len(running) == 2
 
 
-def test_load_at_cap_evicts_idle_and_503_when_all_busy(router, models_dir: Path) -> None:
+def test_load_at_cap_evicts_the_idle_model(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--models-max", "1")
     assert chat(server, "tiny-a").ok
     assert server.post("/models/load", {"model": "tiny-b"}).json() == {"success": True}
