@@ -24,6 +24,15 @@ def sse_events(response: requests.Response) -> list[str]:
     return events
 
 
+def with_embedder(router, tmp_path: Path, models_dir: Path):
+    """A router on the tiny models plus `embedder`, tiny-c set up for embeddings."""
+    preset = tmp_path / "p.ini"
+    preset.write_text(
+        f"[embedder]\nmodel = {models_dir / 'tiny-c.gguf'}\nembeddings = true\npooling = mean\n"
+    )
+    return router("--models-dir", str(models_dir), "--models-preset", str(preset))
+
+
 @pytest.fixture
 def tiny_router(router, models_dir: Path):
     return router("--models-dir", str(models_dir))
@@ -153,11 +162,7 @@ def test_embeddings_without_pooling_is_a_400_and_disabled_is_a_501(router, tmp_p
 def test_openai_client_chat_completions_embeddings(
     router, tmp_path: Path, models_dir: Path
 ) -> None:
-    preset = tmp_path / "p.ini"
-    preset.write_text(
-        f"[embedder]\nmodel = {models_dir / 'tiny-c.gguf'}\nembeddings = true\npooling = mean\n"
-    )
-    server = router("--models-dir", str(models_dir), "--models-preset", str(preset))
+    server = with_embedder(router, tmp_path, models_dir)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     chat = client.chat.completions.create(
         model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=5
@@ -175,3 +180,40 @@ def test_openai_client_chat_completions_embeddings(
     assert {"tiny-a", "embedder"} <= models
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
+
+
+def test_values_that_crashed_llama_cpp_get_400_and_the_worker_lives(
+    router, tmp_path: Path, models_dir: Path
+) -> None:
+    """Found by the fuzz test: each of these once killed the worker (SIGSEGV or abort)."""
+    server = with_embedder(router, tmp_path, models_dir)
+    text = {"model": "tiny-a", "prompt": "x", "max_tokens": 3}
+    chat = {"model": "tiny-a", "max_tokens": 3}
+    hostile = [
+        ("/v1/completions", {**text, "prompt": [100000]}, "Prompt contains invalid tokens"),
+        ("/v1/completions", {**text, "prompt": [-3, 5]}, "Prompt contains invalid tokens"),
+        ("/v1/completions", {**text, "grammar": 'root ::= "a'}, "Failed to parse grammar"),
+        ("/v1/completions", {**text, "grammar": "x ::= root"}, "Failed to parse grammar"),
+        ("/v1/completions", {**text, "grammar": "\x00"}, "Failed to parse grammar"),
+        ("/v1/completions", {**text, "json_schema": {"enum": []}}, "Failed to parse grammar"),
+        ("/v1/completions", {**text, "json_schema": {"type": "?"}}, "invalid grammar or schema"),
+        (
+            "/v1/chat/completions",
+            {**chat, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "messages[0].content[0].text",
+        ),
+        ("/v1/embeddings", {"model": "embedder", "input": [[100000]]}, "invalid tokens"),
+        ("/v1/embeddings", {"model": "embedder", "input": [5, -1]}, "invalid tokens"),
+    ]
+    for path, body, message in hostile:
+        server.post("/models/load", {"model": body["model"]})
+        pid = server.wait_status(body["model"], "loaded")["pid"]
+        reply = server.post(path, body)
+        assert reply.status_code == 400, (body, reply.text)
+        assert message in reply.json()["error"]["message"], (body, reply.text)
+        assert server.model(body["model"]).get("pid") == pid, body  # the same worker, alive
+    ignored = server.post("/v1/completions", {**text, "logit_bias": {"100000": 5, "-7": 1}})
+    assert ignored.status_code == 200  # ids outside the vocabulary are ignored, as upstream
+    empty = server.post("/v1/completions", {**text, "prompt": []})
+    assert empty.status_code == 200  # an empty completion, as upstream
+    assert empty.json()["choices"][0]["text"] == ""

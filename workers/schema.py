@@ -34,23 +34,32 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     repeat_penalty: float | None = None
     logit_bias: dict[str, float | bool] | list[list[Any]] | None = None
     stream_options: dict[str, Any] | None = None
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str = ""
 
 
 class Message(msgspec.Struct):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = []
+    tools: list[dict[str, Any]] | None = None
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[Any] | None = None
+    prompt: str | list[int | str] | None = None
 
 
 class EmbeddingRequest(msgspec.Struct):
-    input: str | list[Any] = ""
+    input: str | list[str | int | list[int]] = ""
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
 

@@ -10,7 +10,7 @@ from typing import Any
 import llama_cpp
 
 from workers.engines.chat_templates import ChatFormatter
-from workers.engines.generation import Outcome, generate, grammar_for
+from workers.engines.generation import Outcome, checked_tokens, generate, grammar_for
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs
 from workers.errors import ApiError
@@ -30,7 +30,7 @@ class Completions:
 
     def _params(self, request: dict[str, Any]) -> dict[str, Any]:
         params = completion_kwargs(request, self.settings)
-        params["grammar"] = grammar_for(request)
+        params["grammar"] = grammar_for(request, self.llm._model.vocab)
         return params
 
     def _prompt_tokens(self, prompt: Any) -> list[int]:
@@ -39,7 +39,7 @@ class Completions:
         if isinstance(prompt, str):
             return self.llm.tokenize(prompt.encode(), add_bos=True, special=True)
         if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            return list(prompt)
+            return checked_tokens(list(prompt), self.llm)
         raise ApiError(400, "prompt must be a string, a list of token ids or a list of one string")
 
     def _chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:

@@ -63,11 +63,11 @@ class LogitBias:
         return scores
 
 
-def grammar_for(request: dict[str, Any]) -> LlamaGrammar | None:
+def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
     """llama-server's `grammar` / `json_schema`, or OpenAI's `response_format`."""
     try:
         if isinstance(request.get("grammar"), str) and request["grammar"]:
-            return LlamaGrammar.from_string(request["grammar"], verbose=False)
+            return _parsed(LlamaGrammar.from_string(request["grammar"], verbose=False), vocab)
         schema = request.get("json_schema")
         response_format = request.get("response_format") or {}
         if response_format.get("type") == "json_schema":
@@ -77,10 +77,26 @@ def grammar_for(request: dict[str, Any]) -> LlamaGrammar | None:
             if schema is None:
                 return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         if schema is not None:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except (ValueError, RuntimeError, TypeError, AttributeError) as error:
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            return _parsed(grammar, vocab)
+    except ApiError:
+        raise
+    except Exception as error:  # the schema converter reports bad input with any exception
         raise ApiError(400, f"invalid grammar or schema: {error}") from error
     return None
+
+
+def _parsed(grammar: LlamaGrammar, vocab: Any) -> LlamaGrammar:
+    """The grammar, once llama.cpp has parsed it: llama-cpp-python hands a grammar that does not
+    parse to the sampler chain as a null pointer, which crashes the process."""
+    text = grammar._grammar
+    if "\x00" in text:
+        raise ApiError(400, "Failed to parse grammar: it contains a NUL character")
+    sampler = llama_lib.llama_sampler_init_grammar(vocab, text.encode(), grammar._root.encode())
+    if not sampler:
+        raise ApiError(400, "Failed to parse grammar")
+    llama_lib.llama_sampler_free(sampler)
+    return grammar
 
 
 def generate(
@@ -91,6 +107,8 @@ def generate(
     outcome: Outcome,
 ) -> Iterator[str]:
     """Yield the completion's text piece by piece; `outcome` holds counts and the finish reason."""
+    if not prompt_tokens:
+        return  # llama-server's answer to an empty prompt: an empty completion
     n_ctx = llm.n_ctx()
     if len(prompt_tokens) >= n_ctx:
         raise ApiError(
@@ -100,7 +118,9 @@ def generate(
         )
     max_tokens = params.get("max_tokens")
     stops = [stop for stop in _stops(params.get("stop")) if stop]
-    bias = params.get("logit_bias") or {}
+    n_vocab = llm.n_vocab()
+    # as llama-server does, ids outside the vocabulary are ignored
+    bias = {t: v for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab}
     processors = llama_cpp.LogitsProcessorList([LogitBias(bias)]) if bias else None
     if params.get("seed") is not None:
         llm.set_seed(int(params["seed"]))
@@ -178,6 +198,15 @@ def _decode_prompt(
                 raise
             outcome.cancelled = True
             return None
+
+
+def checked_tokens(tokens: list[int], llm: llama_cpp.Llama) -> list[int]:
+    """Token ids from a client; llama.cpp aborts the whole process on one outside the vocabulary."""
+    n_vocab = llm.n_vocab()
+    if any(not 0 <= token < n_vocab for token in tokens):
+        message = f"Prompt contains invalid tokens: ids must be between 0 and {n_vocab - 1}"
+        raise ApiError(400, message)
+    return tokens
 
 
 def token_piece(vocab: Any, token: int) -> bytes:

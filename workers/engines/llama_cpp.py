@@ -17,6 +17,7 @@ import psutil
 
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
+from workers.engines.generation import checked_tokens
 from workers.engines.response import Response
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
@@ -208,10 +209,8 @@ class LlamaEngine:
 
     def detokenize(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_body(body, DetokenizeRequest)
-        n_vocab = self.model.n_vocab()
-        if any(not 0 <= token < n_vocab for token in request.tokens):
-            raise ApiError(400, f"token ids must be between 0 and {n_vocab - 1}")
-        text = self.model.detokenize(request.tokens).decode("utf-8", errors="replace")
+        tokens = checked_tokens(request.tokens, self.model)
+        text = self.model.detokenize(tokens).decode("utf-8", errors="replace")
         return Response.json(200, {"content": text})
 
 
@@ -241,7 +240,7 @@ def _embedding_texts(value: str | list[Any], llm: llama_cpp.Llama) -> list[str]:
     texts = []
     for item in items:
         if isinstance(item, list) and all(isinstance(token, int) for token in item):
-            item = llm.detokenize(item).decode("utf-8", errors="replace")
+            item = llm.detokenize(checked_tokens(item, llm)).decode("utf-8", errors="replace")
         if not isinstance(item, str):
             raise ApiError(400, "input must be a string, a list of strings or token ids")
         if not item:
