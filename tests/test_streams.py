@@ -182,6 +182,13 @@ def test_delete_stops_the_producer_and_a_new_request_replaces_the_session(
     assert replay(server).content == second
 
 
+def test_an_empty_conversation_id_asks_for_no_session(server: RouterProcess) -> None:
+    reply = start_session(server, conv="", model="tiny-a", tokens=3)
+    assert reply.status_code == 200 and b"data: [DONE]" in finish(reply)
+    assert b"id: " not in reply.content  # the event ids only a session's stream carries
+    assert server.post("/v1/streams/lookup", {"conversation_ids": [""]}).json() == []
+
+
 def test_lookup_matches_exact_and_suffixed_ids(server: RouterProcess) -> None:
     for conv in ("alpha", "alpha::1", "alpha::2", "alphabet"):
         finish(start_session(server, conv=conv, model="tiny-a", tokens=3))

@@ -37,7 +37,7 @@ async def infer(request: Request) -> Any:
         raise ApiError(400, f"model '{name}' not found")
     autoload = query_flag(request, "autoload", state.config.models_autoload)
     conversation_id = request.headers.get("x-conversation-id")
-    if conversation_id is not None:
+    if conversation_id:  # an empty id asks for no session, as in llama-server
         session = state.streams.start(conversation_id, model, route, body, autoload)
         return SessionResponse(session, 0, original=True)
     try:
