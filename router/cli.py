@@ -16,6 +16,7 @@ from tqdm import tqdm
 from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
 from router.downloads import resolve
+from router.http_limits import bounded_head_protocol
 from router.presets import PresetError
 from router.state import RouterState
 from workers.download import DownloadError, Progress, download
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body accepted"
     )
+    add(
+        "--max-header-bytes",
+        type=int,
+        default=64 * 1024,
+        help="largest request line plus headers accepted",
+    )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -170,6 +177,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         stream_buffer_bytes=args.stream_buffer_bytes,
         stream_ttl_seconds=args.stream_ttl_seconds,
         max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,
         model_flags=parse_model_flags(rest),
     )
@@ -264,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=config.port,
             log_level="warning",
             lifespan="on",
+            http=bounded_head_protocol(config.max_header_bytes),
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         ),
         state,

@@ -83,6 +83,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     stream_ttl_seconds: float = 300.0
     response_buffer_bytes: int = 1024 * 1024
     max_body_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
     stop_timeout: float = 10.0
     log_level: str = "info"
     # llama-server model flags given on the command line: defaults for every model

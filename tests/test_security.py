@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from pathlib import Path
 
+import psutil
 import requests
 
+from tests.server import RouterProcess
 from tests.test_scheduling import Call, busy
 
 CHAT = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -69,24 +74,49 @@ def test_waiting_requests_per_model_are_bounded(router, models_dir: Path) -> Non
         "--models-dir", str(models_dir), "--models-max", "1", "--max-waiting-per-model", "1"
     )
     hog = busy(server, tokens=1500)  # the only slot stays taken while the line fills
-    waiter = Call(server, {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
-    refused = None
-    for _ in range(100):  # until the waiter has queued; an earlier try just gives up its place
-        try:
-            reply = requests.post(
-                server.url + "/v1/completions",
-                json={"model": "tiny-a", "prompt": "x", "max_tokens": 2},
-                timeout=0.3,
-            )
-        except requests.Timeout:
-            continue
-        if reply.status_code == 503:
-            refused = reply
-            break
-    assert refused is not None, "a second waiter was never refused"
-    assert "too many requests waiting" in refused.json()["error"]["message"]
+    callers = [Call(server, {"model": "tiny-a", "prompt": "x", "max_tokens": 2}) for _ in range(3)]
+    refused = [call for call in callers if call.result() == 503]
+    assert len(refused) == 2, [call.status for call in callers]  # one waits, the others may not
+    assert all("too many requests waiting" in call.text for call in refused)
     assert hog.result() == 200
-    # the background waiter may itself have found the line taken by one of the early tries
-    assert waiter.result() in (200, 503)
-    after = server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
-    assert after.status_code == 200
+    assert max(call.finished_at for call in refused) < hog.finished_at  # refused at once
+    assert [call.status for call in callers].count(200) == 1  # the one that waited got served
+
+
+def raw_exchange(server: RouterProcess, head: bytes) -> bytes:
+    """Send a request head as a hostile client would, all at once, and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sender = threading.Thread(target=_send_ignoring_reset, args=(sock, head))
+        sender.start()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sender.join()
+        return answer
+
+
+def _send_ignoring_reset(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the router may hang up before the last byte
+        sock.sendall(data)
+
+
+def test_request_heads_past_the_limit_get_431_and_are_never_buffered(router, models_dir) -> None:
+    server = router("--models-dir", str(models_dir), "--max-header-bytes", "8192")
+    assert server.get("/health", headers={"X-Pad": "a" * 7000}).status_code == 200
+    large = server.get("/health", headers={"X-Pad": "a" * 9000})
+    assert large.status_code == 431
+    assert large.json()["error"] == {
+        "code": 431,
+        "message": "request headers are larger than 8192 bytes",
+        "type": "invalid_request_error",
+    }
+    many = server.get("/health", headers={f"X-Pad-{n}": "a" for n in range(1000)})
+    assert many.status_code == 431
+    assert server.get("/health?" + "a" * 9000).status_code == 431
+    rss = psutil.Process(server.proc.pid).memory_info().rss
+    endless = raw_exchange(
+        server, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 50_000_000
+    )
+    assert endless.startswith(b"HTTP/1.1 431 ")
+    assert psutil.Process(server.proc.pid).memory_info().rss - rss < 8_000_000
+    assert server.get("/health").status_code == 200
