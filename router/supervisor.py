@@ -27,8 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from router.catalog import ModelSpec
 from router.config import RouterConfig, model_settings
+from router.gguf_memory import memory_needed
 from router.processes import SpareWorkers, WorkerProcess
 from workers.errors import ApiError
 from workers.protocol import (
@@ -147,18 +150,30 @@ def pick_drain(models: Iterable[Model], protected: set[str]) -> Model | None:
     return min(candidates, key=lambda model: model.last_used, default=None)
 
 
-def unloadable(spec: ModelSpec) -> str | None:
-    """Why a model cannot possibly load (no file, not a GGUF, bad settings), or None."""
+def unloadable(spec: ModelSpec, room: int) -> str | None:
+    """Why a model cannot possibly load (no file, not a GGUF, bad settings, more memory than
+    `room`), or None."""
     if spec.error or not spec.path:
         return spec.error or "no model file"
     try:
-        with open(spec.path, "rb") as file:
-            magic = file.read(4)
+        settings = model_settings(spec.id, spec.path, spec.mmproj, spec.flags)
+        extra = (settings.mmproj,) if settings.mmproj else ()
+        need = memory_needed(spec.path, settings.ctx_size, extra)
     except OSError as error:
-        return f"cannot read {spec.path}: {error.strerror}"
-    if magic != b"GGUF":
-        return f"{spec.path} is not a GGUF file"
+        return f"cannot read {error.filename or spec.path}: {error.strerror}"
+    except ValueError as error:  # not a GGUF, or a setting that is not a number
+        return str(error)
+    if need.total > room:
+        return (
+            f"not enough memory: it needs about {_gib(need.total)} (weights {_gib(need.weights)}, "
+            f"context of {settings.ctx_size or 'the trained'} tokens {_gib(need.kv_cache)}), "
+            f"and at most {_gib(room)} can be made free"
+        )
     return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 def check_startup(specs: dict[str, ModelSpec], config: RouterConfig) -> None:
@@ -243,9 +258,7 @@ class Supervisor:
                         raise ApiError(500, self._load_failure(model))
                     if not autoload:
                         raise ApiError(400, "model is not loaded")
-                    problem = unloadable(model.spec)
-                    if problem:  # refused before anything is evicted for it
-                        raise ApiError(500, f"model name={model.id} failed to load: {problem}")
+                    self._refuse_if_unloadable(model)
                     if model not in self.queue:
                         self.queue.append(model)
                     self._pump()
@@ -282,6 +295,7 @@ class Supervisor:
         """POST /models/load: start now, evicting the LRU idle model at the cap; 503 if none."""
         if model.status.running:
             raise ApiError(400, "model is already running")
+        self._refuse_if_unloadable(model)
         if self._slot_free():
             self._start(model)
             return
@@ -301,6 +315,16 @@ class Supervisor:
             model.wanted -= 1
             if model.wanted == 0 and model in self.queue:
                 self.queue.remove(model)
+
+    def _refuse_if_unloadable(self, model: Model) -> None:
+        """Refused before anything is evicted for it. Room is what is free now plus what
+        unloading every running model would give back."""
+        running = (m.worker.resident_bytes() for m in self.models.values() if m.worker)
+        room = psutil.virtual_memory().available + sum(size or 0 for size in running)
+        problem = unloadable(model.spec, room)
+        if problem:
+            model.load_error = problem
+            raise ApiError(500, f"model name={model.id} failed to load: {problem}")
 
     def unload(self, model: Model) -> None:
         if not model.status.running:

@@ -152,17 +152,27 @@ def test_a_model_that_cannot_load_answers_500_and_evicts_nothing(
     (models / "garbage.gguf").write_bytes(b"this is not a model at all" * 100)
     (models / "truncated.gguf").write_bytes((models_dir / "tiny-b.gguf").read_bytes()[:5000])
     preset = tmp_path / "p.ini"
-    preset.write_text(f"[missing]\nmodel = {tmp_path / 'nowhere.gguf'}\n")
+    preset.write_text(
+        f"[missing]\nmodel = {tmp_path / 'nowhere.gguf'}\n"
+        f"[huge]\nmodel = {models_dir / 'tiny-c.gguf'}\nctx-size = 2000000000\n"  # a 1 TB cache
+    )
     server = router(
         "--models-dir", str(models), "--models-preset", str(preset), "--models-max", "1"
     )
     assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
-    for name, reason in [("garbage", "not a GGUF"), ("missing", "cannot read")]:
+    for name, reason in [
+        ("garbage", "not a GGUF"),
+        ("missing", "cannot read"),
+        ("huge", "not enough memory: it needs about 953.7 GiB"),
+    ]:
         reply = server.post("/v1/completions", {"model": name, "prompt": "x", "max_tokens": 2})
         assert reply.status_code == 500
         message = reply.json()["error"]["message"]
         assert name in message and reason in message
         assert server.status("tiny-a") == "loaded"  # nothing was evicted for it
+    explicit = server.post("/models/load", {"model": "huge"})
+    assert explicit.status_code == 500 and "not enough memory" in explicit.text
+    assert server.status("tiny-a") == "loaded"
     reply = server.post("/v1/completions", {"model": "truncated", "prompt": "x", "max_tokens": 2})
     assert reply.status_code == 500
     assert "truncated" in reply.json()["error"]["message"]
