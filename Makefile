@@ -6,7 +6,7 @@ ARGS ?=
 # llama-cpp-python compiles from source; pip keeps the built wheel in its cache for the next venv.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install install-test run test lint bench soak clean
+.PHONY: install install-test run test lint bench soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: lint
 # The long soak: 200 clients for 60 s (make test runs a short one).
 soak: install-test
 	SOAK_SECONDS=60 SOAK_CLIENTS=200 $(BIN)/pytest -s tests/test_soak.py
+
+# A long random fuzz of every route (make test runs a short repeatable one).
+fuzz: install-test
+	FUZZ_EXAMPLES=$(or $(EXAMPLES),500) $(BIN)/pytest tests/test_fuzz.py
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,7 +17,9 @@ from starlette.responses import Response
 
 from router.config import RouterConfig
 from router.middleware import ApiKeys
+from router.openapi import build_document
 from router.routes import downloads, inference, models, ops, streams
+from router.routes.ops import build_info
 from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
@@ -71,6 +74,8 @@ def create_app(config: RouterConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.state.router = state
+    document = build_document(app.routes, bool(config.api_keys), build_info())
+    app.state.openapi = msgspec.json.encode(document)
     return app
 
 

@@ -35,12 +35,12 @@ class ApiKeys:
     def _allowed(self, scope: Scope) -> bool:
         if (scope["method"], scope["path"]) in PUBLIC or scope["method"] == "OPTIONS":
             return True
-        offered = b""
+        offered = []
         for name, value in scope["headers"]:
             if name == b"authorization" and value[:7].lower() == b"bearer ":
-                offered = value[7:].strip()
+                offered.append(value[7:].strip())
             elif name == b"x-api-key":
-                offered = value.strip()
+                offered.append(value.strip())
         # every key is compared, so the time taken does not tell which one nearly matched
-        matches = [hmac.compare_digest(offered, key) for key in self._keys]
+        matches = [hmac.compare_digest(given, key) for given in offered for key in self._keys]
         return any(matches)

@@ -32,7 +32,4 @@ def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
 
     yield start
     for server in started:
-        server.stop()
-        alive, segments = server.leftovers()
-        assert not alive, f"worker processes outlived the router: {alive}\n{server.log()}"
-        assert not segments, f"shared-memory segments outlived the router: {segments}"
+        server.stop_and_check()

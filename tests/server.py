@@ -111,6 +111,13 @@ class RouterProcess:
         self._log.close()
         return code
 
+    def stop_and_check(self) -> None:
+        """Stop the router and fail if any worker process or segment outlived it."""
+        self.stop()
+        alive, segments = self.leftovers()
+        assert not alive, f"worker processes outlived the router: {alive}\n{self.log()}"
+        assert not segments, f"shared-memory segments outlived the router: {segments}"
+
     def leftovers(self, timeout: float = 5.0) -> tuple[list[int], list[str]]:
         """Children still alive and segments still present, after waiting up to `timeout`."""
         deadline = time.monotonic() + timeout

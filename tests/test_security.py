@@ -50,6 +50,7 @@ def test_api_keys_guard_every_route_but_the_public_ones(
         {"Authorization": "Bearer k2"},
         {"authorization": "bearer k1"},
         {"X-Api-Key": "filed-key"},
+        {"Authorization": "Bearer stale", "X-Api-Key": "k1"},  # one valid key of two is enough
     ):
         assert server.post("/v1/chat/completions", CHAT, headers=headers).status_code == 200
 

@@ -74,8 +74,13 @@ async def model_props(request: Request, name: str) -> Response:
     )
 
 
+async def openapi(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
 routes = [
     Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/health", health, methods=["GET"]),
     Route("/props", props, methods=["GET"]),
 ]
