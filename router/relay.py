@@ -51,6 +51,7 @@ class Exchange:
     failure: ApiError | None = None
     sent: bool = True
     pooled: bool = True
+    orphaned: bool = False  # failed before any worker picked it up: safe to send again
 
     @property
     def worker(self) -> WorkerProcess:
@@ -131,6 +132,7 @@ class Relay:
         infer = Infer(request_id, route, body, exchange.ring.name, event_ids=event_ids)
         if not lease.worker.send(infer):
             exchange.sent = False
+            exchange.orphaned = True
             exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
         return exchange
 
@@ -146,6 +148,8 @@ class Relay:
         """Fail every request still running in a worker that has exited."""
         for exchange in list(self._open.values()):
             if exchange.worker is worker and exchange.running:
+                # a cancelled one (its client left, or the router is stopping) is not sent again
+                exchange.orphaned = not exchange.ring.taken and not exchange.ring.cancelled
                 exchange.failure = ApiError(
                     500, f"model {exchange.lease.model.id} worker exited (code {worker.exit_code})"
                 )

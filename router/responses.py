@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from router.events import PING_SECONDS, EventHub, Subscriber
 from router.relay import Exchange
@@ -21,6 +22,7 @@ SSE_HEADERS = [
 JSON_TYPE = (b"content-type", b"application/json")
 READ_LIMIT = 1 << 20
 
+T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
@@ -59,25 +61,40 @@ class FollowingResponse:
 
 
 class RingResponse(FollowingResponse):
+    """Relays one request's ring. A request that a dying worker never picked up is sent once
+    more, through `resend`, to the model's next worker, instead of failing."""
+
     def __init__(
-        self, exchange: Exchange, close: Callable[[Exchange], None], timeout: float
+        self,
+        exchange: Exchange,
+        close: Callable[[Exchange], None],
+        timeout: float,
+        resend: Callable[[], Awaitable[Exchange]] | None = None,
     ) -> None:
         super().__init__()
         self.exchange = exchange
         self._close = close
+        self._closed = False
         self._timeout = timeout
+        self._resend = resend
+        self._left = asyncio.Event()
         self._quiet_since = time.monotonic()
 
     def _client_left(self) -> None:
+        self._left.set()
         self.exchange.waker.wake()
 
     def _finished(self) -> None:
-        self._close(self.exchange)
+        if not self._closed:
+            self._close(self.exchange)
 
     async def _respond(self, send: Send) -> None:
+        try:
+            await self._first_byte()
+        except ApiError as error:  # sent again, but the model could not be had
+            await _send_json(send, error.status, error.json())
+            return
         exchange, ring = self.exchange, self.exchange.ring
-        while ring.write_pos == 0 and exchange.running and not self._gone:
-            await self._wait()
         if self._gone:
             return
         if ring.write_pos == 0 and exchange.failure is not None:
@@ -87,6 +104,21 @@ class RingResponse(FollowingResponse):
             await self._stream(send)
         else:
             await self._send_collected(send)
+
+    async def _first_byte(self) -> None:
+        while True:
+            exchange = self.exchange
+            while exchange.ring.write_pos == 0 and exchange.running and not self._gone:
+                await self._wait()
+            if self._gone or not exchange.orphaned or self._resend is None:
+                return
+            resend, self._resend = self._resend, None
+            self._close(exchange)
+            self._closed = True
+            replacement = await unless(resend(), self._left.wait())
+            if replacement is None:
+                return
+            self.exchange, self._closed = replacement, False  # still within the first silence
 
     async def _send_collected(self, send: Send) -> None:
         exchange, ring = self.exchange, self.exchange.ring
@@ -142,8 +174,29 @@ class RingResponse(FollowingResponse):
         silent = time.monotonic() - self._quiet_since
         if silent > self._timeout and self.exchange.running:
             model = self.exchange.lease.model.id
-            message = f"model {model} sent nothing for {self._timeout:g} s"
-            self.exchange.failure = ApiError(500, message)
+            if self.exchange.ring.taken:
+                message = f"model {model} sent nothing for {self._timeout:g} s"
+                self.exchange.failure = ApiError(500, message)
+            else:  # still in line behind the model's other requests: overload, not a fault
+                message = f"model {model} was busy for {self._timeout:g} s, try again later"
+                self.exchange.failure = ApiError(503, message)
+
+
+async def unless(work: Awaitable[T], stop: Awaitable[object]) -> T | None:
+    """`work`'s result (never None itself), or None if `stop` finished first and `work` was
+    cancelled."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop)
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:

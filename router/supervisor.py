@@ -532,15 +532,9 @@ class Supervisor:
     def tick(self, now: float) -> None:
         sleep_after = self.config.sleep_idle_seconds
         for model in self.models.values():
-            worker = model.worker
-            ready = model.status in (Status.LOADED, Status.SLEEPING)
-            if (
-                ready
-                and worker is not None
-                and worker.silent_for(now) > self.config.heartbeat_seconds
-            ):
+            if self._hung(model, now) and model.worker is not None:
                 log.error("worker of %s stopped answering: killing it", model.id)
-                worker.kill()
+                model.worker.kill()
                 continue
             if model.status is not Status.LOADED or not model.idle:
                 continue

@@ -13,6 +13,7 @@ import psutil
 import requests
 
 from tests.server import model_worker_pids, segments_of
+from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
 
 LONG_STREAM = {
@@ -64,6 +65,19 @@ def test_worker_killed_during_non_streamed_request_answers_500(router, models_di
     killer.join()
     assert reply.status_code == 500
     assert reply.json()["error"]["type"] == "server_error"
+
+
+def test_requests_a_killed_worker_never_picked_up_are_served_by_the_next(
+    router, models_dir: Path
+) -> None:
+    server = router("--models-dir", str(models_dir))
+    hog = busy(server, tokens=3000)  # the worker is on this one; the next ones wait in its pipe
+    queued = [Call(server, {"model": "slow", "prompt": "x", "max_tokens": 3}) for _ in range(3)]
+    time.sleep(0.3)
+    os.kill(server.model("slow")["pid"], signal.SIGKILL)
+    assert hog.result() == 500  # it was running: sending it again could kill the next worker
+    assert [call.result() for call in queued] == [200, 200, 200], [c.text for c in queued]
+    assert server.log().count("loading slow (pid") == 2
 
 
 def test_router_sigkill_takes_workers_down_and_restart_sweeps(router, models_dir: Path) -> None:
@@ -182,20 +196,21 @@ def test_a_model_that_cannot_load_answers_500_and_evicts_nothing(
 
 def test_a_hung_worker_is_detected_and_restarted(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--worker-heartbeat-seconds", "2")
-    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
-    pid = server.model("tiny-a")["pid"]
+    in_flight = busy(server, tokens=3000)
+    pid = server.model("slow")["pid"]
     os.kill(pid, signal.SIGSTOP)  # alive, but answering nothing
     try:
         started = time.monotonic()
-        stuck = server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
-        assert stuck.status_code == 500  # an error, not an endless wait
+        waiting = Call(server, {"model": "slow", "prompt": "x", "max_tokens": 2})
+        assert in_flight.result() == 500  # an error, not an endless wait
         assert time.monotonic() - started < 10
-        entry = server.wait_status("tiny-a", "unloaded")
-        assert entry["status"]["failed"] is True
+        assert "worker of slow stopped answering: killing it" in server.log()
+        assert waiting.result() == 200  # never picked up: the next worker serves it
+        assert server.model("slow")["pid"] != pid
     finally:
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGCONT)
-    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    assert server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2}).ok
 
 
 def test_a_client_leaving_mid_stream_frees_the_model_at_once(router, models_dir: Path) -> None:
@@ -211,17 +226,24 @@ def test_a_client_leaving_mid_stream_frees_the_model_at_once(router, models_dir:
     assert quick.ok and time.monotonic() - started < 2.5
 
 
-def test_timeout_ends_a_request_whose_worker_stays_silent(router, models_dir: Path) -> None:
+def test_timeout_ends_requests_whose_worker_stays_silent(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--timeout", "1")
-    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
-    pid = server.model("tiny-a")["pid"]
+    server.post("/models/load", {"model": "slow"})
+    pid = server.wait_status("slow", "loaded")["pid"]
+    reply = requests.post(
+        server.url + "/v1/chat/completions", json=LONG_STREAM, stream=True, timeout=60
+    )
+    lines = reply.iter_lines()
+    assert next(lines).startswith(b"data: {")
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        reply = server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2})
-        assert reply.status_code == 500
-        assert "sent nothing for 1 s" in reply.json()["error"]["message"]
+        queued = server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
+        assert queued.status_code == 503  # in line behind the silent one: busy, not broken
+        assert "was busy for 1 s" in queued.json()["error"]["message"]
+        last = [line for line in lines if line.startswith(b"data: ")][-1]
+        assert "sent nothing for 1 s" in json.loads(last[len(b"data: ") :])["error"]["message"]
         assert time.monotonic() - started < 5
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    assert server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2}).ok

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -23,12 +24,19 @@ MODELS = ["tiny-a", "tiny-b", "tiny-c"]
 REQUEST_TIMEOUT = 60.0
 
 
-def well_formed_error(reply: requests.Response) -> bool:
+def error_kind(reply: requests.Response) -> str:
+    """`error STATUS: message` with names and numbers folded, or `malformed`."""
     try:
         error = reply.json()["error"]
     except (ValueError, KeyError, TypeError):
-        return False
-    return error.get("code") == reply.status_code and isinstance(error.get("message"), str)
+        return "malformed"
+    if error.get("code") != reply.status_code or not isinstance(error.get("message"), str):
+        return "malformed"
+    return f"error {reply.status_code}: {folded(error['message'])}"
+
+
+def folded(message: str) -> str:
+    return re.sub(r"[\d.]+", "N", re.sub(r"model( name=)? ?\S+", "model M", message))
 
 
 def one_request(url: str, rng: random.Random, outcomes: Counter, latencies: list[float]) -> None:
@@ -46,7 +54,7 @@ def one_request(url: str, rng: random.Random, outcomes: Counter, latencies: list
             outcomes["vanished"] += 1
             return
         if reply.status_code != 200:
-            outcomes[f"error {reply.status_code}" if well_formed_error(reply) else "malformed"] += 1
+            outcomes[error_kind(reply)] += 1
             return
         if not stream:
             outcomes["ok" if reply.json()["choices"] else "malformed"] += 1
@@ -54,8 +62,8 @@ def one_request(url: str, rng: random.Random, outcomes: Counter, latencies: list
         events = [line for line in reply.iter_lines() if line.startswith(b"data: ")]
         if events and events[-1] == b"data: [DONE]":
             outcomes["ok"] += 1
-        elif events and "error" in json.loads(events[-1][6:]):
-            outcomes["stream error"] += 1
+        elif events and "error" in (last := json.loads(events[-1][6:])):
+            outcomes[f"stream error: {folded(last['error']['message'])}"] += 1
         else:
             outcomes["malformed"] += 1
     except requests.Timeout:
@@ -68,8 +76,9 @@ def one_request(url: str, rng: random.Random, outcomes: Counter, latencies: list
 
 @pytest.mark.timeout(SECONDS * 4 + 120)
 def test_soak(router, models_dir: Path) -> None:
-    # --timeout bounds every wait (queue or worker) below the clients' own timeout
-    server = router("--models-dir", str(models_dir), "--models-max", "2", "--timeout", "30")
+    # a client waits at most 2 x --timeout for its first byte (the model, then the worker):
+    # below the clients' own timeout
+    server = router("--models-dir", str(models_dir), "--models-max", "2", "--timeout", "25")
     router_process = psutil.Process(server.proc.pid)
     for model in MODELS:
         assert server.post("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2}).ok

@@ -151,6 +151,7 @@ def serve(
     except FileNotFoundError:
         return  # the ring is gone: the router stopped caring about this request
     started = False
+    ring.take()
     try:
         if ring.cancelled:
             return

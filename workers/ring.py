@@ -22,7 +22,7 @@ MAGIC = 0x4C4C52494E4731  # "LLRING1"
 HEADER_BYTES = 128
 
 _MAGIC, _CAPACITY, _WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _FLAGS = range(8)
-_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS = range(8, 12)
+_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN = range(8, 13)
 
 _FLAG_BACKPRESSURE = 1
 _BACKPRESSURE_SLEEP = 0.0005
@@ -157,6 +157,14 @@ class Ring:
     def ended_ns(self) -> int:
         return self._words[_ENDED_NS]
 
+    @property
+    def taken(self) -> bool:
+        """Whether a worker has picked the request up (it may already be working on it)."""
+        return self._words[_TAKEN] != 0
+
+    def take(self) -> None:
+        self._words[_TAKEN] = 1
+
     def begin(self, status: int, media: Media) -> None:
         """Set the response head; readers look at it once the first byte or the end is there."""
         self._words[_STATUS] = status
@@ -168,7 +176,7 @@ class Ring:
 
     def reset(self) -> None:
         """Make a finished ring ready for its next request (owner only, nobody else using it)."""
-        for word in (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS):
+        for word in (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS, _TAKEN):
             self._words[word] = 0
         self._words[_STATUS] = 200
         self._words[_STARTED_NS] = time.time_ns()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.responses import RingResponse, SessionResponse
+from router.relay import Exchange, Relay
+from router.responses import RingResponse, SessionResponse, unless
 from router.routes.common import query_flag, read_body, router_state
-from router.state import find_model
-from router.supervisor import Lease
+from router.state import RouterState, find_model
+from router.supervisor import Lease, Model
 from workers.errors import ApiError
 from workers.schema import BODY_TYPES, decode_body
 
@@ -40,40 +41,43 @@ async def infer(request: Request) -> Any:
     if conversation_id:  # an empty id asks for no session, as in llama-server
         session = state.streams.start(conversation_id, model, route, body, autoload)
         return SessionResponse(session, 0, original=True)
+    deadline = time.monotonic() + state.config.timeout
     try:
-        waiting = asyncio.wait_for(state.supervisor.acquire(model, autoload), state.config.timeout)
-        lease = await until_disconnect(request, waiting)
+        lease = await until_disconnect(request, _acquire(state, model, autoload, deadline))
     except ClientGone:
         return Response(status_code=499)
+
+    async def resend() -> Exchange:
+        return _send(state.relay, await _acquire(state, model, autoload, deadline), route, body)
+
+    exchange = _send(state.relay, lease, route, body)
+    return RingResponse(exchange, state.relay.close, state.config.timeout, resend)
+
+
+async def _acquire(state: RouterState, model: Model, autoload: bool, deadline: float) -> Lease:
+    """The model, loaded and leased; waits (a resend's included) end at --timeout with a 503."""
+    try:
+        left = max(0.0, deadline - time.monotonic())
+        return await asyncio.wait_for(state.supervisor.acquire(model, autoload), left)
     except TimeoutError as error:
         message = f"model {model.id} was not available within {state.config.timeout:g} s"
         raise ApiError(503, message) from error
-    return _relay(state.relay, lease, route, body, state.config.timeout)
 
 
-def _relay(relay: Any, lease: Lease, route: str, body: bytes, timeout: float) -> RingResponse:
+def _send(relay: Relay, lease: Lease, route: str, body: bytes) -> Exchange:
     try:
-        exchange = relay.send(lease, route, body)
+        return relay.send(lease, route, body)
     except BaseException:
         relay.release_lease(lease)
         raise
-    return RingResponse(exchange, relay.close, timeout)
 
 
 async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     """Await `awaitable`, abandoning it (and raising ClientGone) if the client disconnects."""
-    work = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await work
-    raise ClientGone
+    result = await unless(awaitable, _disconnected(request))
+    if result is None:
+        raise ClientGone
+    return result
 
 
 async def _disconnected(request: Request) -> None:
