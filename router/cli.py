@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="a loaded worker silent this long is taken for hung and restarted",
     )
-    add("--timeout", type=float, default=3600.0, help="read/write timeout of a proxied request")
+    add(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="longest wait for a model, and longest silence of its worker (s)",
+    )
     add("--cache-dir", default=str(default_cache_dir()), help="downloaded models (env LLAMA_CACHE)")
     add(
         "--stream-buffer-bytes",

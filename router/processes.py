@@ -149,7 +149,7 @@ class WorkerProcess:
         if self.send(exit_command):
             try:
                 return await asyncio.wait_for(self.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning(
                     "worker %s did not exit within %.1fs; ending it", self.model_id, timeout
                 )
@@ -160,7 +160,7 @@ class WorkerProcess:
             self._signal_group(signal.SIGTERM)
             try:
                 return await asyncio.wait_for(self.wait(), _TERM_GRACE)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("worker %s ignored SIGTERM; killing its process tree", self.model_id)
         if self.alive:
             self.kill()

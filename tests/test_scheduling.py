@@ -233,9 +233,6 @@ def test_reload_picks_up_changes(router, models_dir: Path, tmp_path: Path) -> No
     ids = {entry["id"] for entry in server.get("/models", params={"reload": "1"}).json()["data"]}
     assert "tiny-c" in ids
     server.wait_status("tiny-a", "unloaded")  # settings changed
-    assert "tiny-b" not in {e["id"] for e in server.get("/models").json()["data"]} or (
-        server.status("tiny-b") == "loaded"
-    )
     assert server.model("tiny-a")["aliases"] == ["first"]
     assert "clashes" in server.log()
     reply = server.post("/v1/completions", short("tiny-c"))

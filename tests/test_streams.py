@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -227,12 +228,17 @@ def test_a_separate_process_follows_a_live_session(server: RouterProcess) -> Non
     assert len(segments_of(server.proc.pid)) >= 2  # the outsider unlinked nothing
 
 
-def test_readers_get_an_error_when_the_worker_dies(server: RouterProcess) -> None:
+def follow_a_long_session(server: RouterProcess) -> Iterator[bytes]:
+    """A generation that outlives its client, and a reader already following it live."""
     start_session(server, tokens=3000).close()
     server.wait_status("slow", "loaded")
-    reader = replay(server, stream=True)
-    lines = reader.iter_lines()
+    lines = replay(server, stream=True).iter_lines()
     next(lines)
+    return lines
+
+
+def test_readers_get_an_error_when_the_worker_dies(server: RouterProcess) -> None:
+    lines = follow_a_long_session(server)
     pid = server.model("slow")["pid"]
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
@@ -256,11 +262,7 @@ def test_delete_during_prompt_processing_frees_the_worker(router, models_dir: Pa
 
 
 def test_shutdown_ends_live_sessions_for_their_readers(server: RouterProcess) -> None:
-    start_session(server, tokens=3000).close()
-    server.wait_status("slow", "loaded")
-    reader = replay(server, stream=True)
-    lines = reader.iter_lines()
-    next(lines)
+    lines = follow_a_long_session(server)
     stopped = time.monotonic()
     server.stop(signal.SIGTERM)
     list(lines)  # the follower's stream ends instead of hanging
