@@ -213,6 +213,22 @@ def test_a_hung_worker_is_detected_and_restarted(router, models_dir: Path) -> No
     assert server.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2}).ok
 
 
+def test_a_spare_that_waited_long_is_not_taken_for_hung(router, models_dir: Path) -> None:
+    server = router(
+        "--models-dir", str(models_dir), "--worker-heartbeat-seconds", "2",
+        "--sleep-idle-seconds", "1",
+    )  # fmt: skip
+    time.sleep(3)  # the spare worker has been silent longer than the heartbeat limit
+    assert server.post("/models/load", {"model": "tiny-a"}).ok
+    server.wait_status("tiny-a", "loaded")
+    server.wait_status("tiny-a", "sleeping", timeout=10)
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).ok
+    time.sleep(1.5)  # the supervisor checks heartbeats every tick
+    entry = server.model("tiny-a")
+    assert "failed" not in entry["status"], entry
+    assert "stopped answering" not in server.log()
+
+
 def test_a_client_leaving_mid_stream_frees_the_model_at_once(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir))
     reply = requests.post(

@@ -62,7 +62,8 @@ def run(conn: Connection, heartbeat: Synchronized[float]) -> None:
     rings = AttachedRings()
     beat = Heartbeat(heartbeat)
     while isinstance(command := _receive(conn, commands), Load):
-        engine = _load(command.settings, send)
+        engine = _load(command.settings, send, beat)
+        beat()
         send(Ready(engine.info()))
         recycle = _serve(engine, rings, conn, commands, send, beat)
         engine.sleep()
@@ -108,24 +109,33 @@ def _serve(
                 return False
 
 
-def _load(settings: ModelSettings, send: Callable[[Event], None]) -> LlamaEngine:
+def _load(
+    settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat
+) -> LlamaEngine:
+    beat()  # a spare has waited for this without a word
     send(Loading(0.0))
     from workers.engines.llama_cpp import LlamaEngine
 
     last = 0.0
+    first_load = True
 
     def report(value: float) -> None:
+        """Load progress. A wake reloads through the same hook: then it only beats, since
+        the model is already reported loaded."""
         nonlocal last
+        beat()
         now = time.monotonic()
-        if value >= 1.0 or now - last >= _PROGRESS_INTERVAL:
+        if first_load and (value >= 1.0 or now - last >= _PROGRESS_INTERVAL):
             last = now
             send(Loading(value))
 
     try:
-        return LlamaEngine(settings, report)
+        engine = LlamaEngine(settings, report)
     except Exception as error:
         send(LoadFailed(f"failed to load model '{settings.model_id}': {error}"))
         sys.exit(EXIT_LOAD_FAILED)
+    first_load = False
+    return engine
 
 
 class Heartbeat:
