@@ -258,8 +258,8 @@ class Supervisor:
                         raise ApiError(500, self._load_failure(model))
                     if not autoload:
                         raise ApiError(400, "model is not loaded")
-                    self._refuse_if_unloadable(model)
-                    if model not in self.queue:
+                    if model not in self.queue:  # checked once, by the waiter who queues it
+                        self._refuse_if_unloadable(model)
                         self.queue.append(model)
                     self._pump()
                     if model.version != seen:
@@ -366,6 +366,10 @@ class Supervisor:
                     log.info("draining %s to make room for %s", drain.id, head.id)
                     drain.draining = True
             return
+        for model in self.models.values():  # nobody waits for a slot: nothing needs to drain
+            if model.draining:
+                model.draining = False
+                model.mark_changed()
 
     def _start(self, model: Model) -> None:
         model.draining = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -242,3 +243,15 @@ def test_reload_picks_up_changes(router, models_dir: Path, tmp_path: Path) -> No
         assert time.monotonic() < deadline, "the vanished model was never dropped"
         time.sleep(0.05)
     assert server.post("/v1/completions", short("tiny-b")).status_code == 400
+
+
+def test_a_drain_is_called_off_when_its_waiter_leaves(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "--models-max", "1")
+    slow = busy(server, tokens=300)
+    with contextlib.suppress(requests.Timeout):  # tiny-a's client gives up while slow drains
+        requests.post(server.url + "/v1/completions", json=short("tiny-a"), timeout=0.5)
+    assert slow.result() == 200
+    started = time.monotonic()
+    assert server.post("/v1/completions", short("slow"), timeout=10).ok
+    assert time.monotonic() - started < 3  # served, not parked behind a drain for nobody
+    assert loads_of(server, "slow") == 1
