@@ -217,3 +217,13 @@ def test_values_that_crashed_llama_cpp_get_400_and_the_worker_lives(
     empty = server.post("/v1/completions", {**text, "prompt": []})
     assert empty.status_code == 200  # an empty completion, as upstream
     assert empty.json()["choices"][0]["text"] == ""
+
+
+def test_a_seed_holds_for_its_own_request_only(tiny_router) -> None:
+    def sample(**seed: int) -> str:
+        body = {"model": "tiny-a", "prompt": "x", "max_tokens": 24, "temperature": 1.5, **NO_EOS}
+        reply = tiny_router.post("/v1/completions", {**body, **seed})
+        return reply.json()["choices"][0]["text"]
+
+    assert sample(seed=42) == sample(seed=42)
+    assert len({sample(), sample(), sample()}) > 1  # unseeded requests do not inherit 42

@@ -122,8 +122,8 @@ def generate(
     # as llama-server does, ids outside the vocabulary are ignored
     bias = {t: v for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab}
     processors = llama_cpp.LogitsProcessorList([LogitBias(bias)]) if bias else None
-    if params.get("seed") is not None:
-        llm.set_seed(int(params["seed"]))
+    # the seed stays on the Llama object: a request without one must not reuse the last one's
+    llm.set_seed(int(params.get("seed", llama_lib.LLAMA_DEFAULT_SEED)))
     sampler = {name: params[name] for name in SAMPLER_ARGS if name in params}
     vocab = llm._model.vocab
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
