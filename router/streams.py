@@ -67,7 +67,7 @@ def check_conversation_id(value: str) -> str:
     if not value:
         raise ApiError(400, "Missing conversation id in path")
     if len(value.encode()) > MAX_ID_BYTES or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ApiError(400, "conversation id must be printable and at most 768 bytes")
+        raise ApiError(400, f"conversation id must be printable and at most {MAX_ID_BYTES} bytes")
     return value
 
 
@@ -114,11 +114,7 @@ class Streams:
         try:
             lease = await self._supervisor.acquire(session.model, autoload)
         except asyncio.CancelledError:
-            session.sent.set_exception(
-                ApiError(400, "request cancelled by a stop while the model was loading")
-            )
-            self._retire(session)
-            return
+            return  # delete() cancelled it, and has retired the session
         except ApiError as error:
             session.sent.set_exception(error)
             self._retire(session)
@@ -166,10 +162,16 @@ class Streams:
             self._free_slots.append(session.slot)
         session.retired = True
         session.waker.wake()
+        if not session.sent.done():  # stopped while it waited for its model
+            session.sent.set_exception(
+                ApiError(400, "request cancelled by a stop while the model was loading")
+            )
         if session.exchange is None or session.state is SessionState.DONE:
             self._destroy(session)
 
     def _destroy(self, session: Session) -> None:
+        if session.closed:
+            return
         if session.ring.state is RingState.RUNNING:
             session.ring.finish(RingState.FAILED)
         session.closed = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import re
@@ -14,9 +15,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from router.streams import Streams
 from tests.server import RouterProcess, segments_of
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
+from workers.errors import ApiError
 from workers.session_index import follow_session
 
 NO_EOS = {str(EOS_TOKEN): -100}
@@ -269,3 +272,32 @@ def test_shutdown_ends_live_sessions_for_their_readers(server: RouterProcess) ->
     assert time.monotonic() - stopped < 10
     alive, segments = server.leftovers()
     assert alive == [] and segments == []
+
+
+class NeverLoads:
+    """A supervisor whose model never comes: the session waits in acquire until stopped."""
+
+    async def acquire(self, model: object, autoload: bool) -> None:
+        await asyncio.sleep(100)
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["before its task ran", "in acquire"])
+def test_a_session_stopped_while_waiting_answers_its_post(started: bool) -> None:
+    async def scenario() -> None:
+        streams = Streams(NeverLoads(), None, 4096, 300, slots=4)  # type: ignore[arg-type]
+        try:
+            session = streams.start("conv", None, "/completion", b"{}", True)  # type: ignore[arg-type]
+            if started:
+                await asyncio.sleep(0.05)
+            streams.delete("conv")
+            with pytest.raises(ApiError, match="cancelled"):
+                await asyncio.wait_for(asyncio.shield(session.sent), 2)
+            assert session.task is not None
+            (ended,) = await asyncio.gather(session.task, return_exceptions=True)
+            assert not isinstance(ended, Exception)  # no error of its own (a cancel is fine)
+            assert session.closed
+        finally:
+            streams.index.close()
+            streams.index.unlink()
+
+    asyncio.run(scenario())
