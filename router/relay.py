@@ -129,7 +129,9 @@ class Relay:
         if waker is not None:
             exchange.waker = waker
         self._open[request_id] = exchange
-        infer = Infer(request_id, route, body, exchange.ring.name, event_ids=event_ids)
+        infer = Infer(
+            request_id, route, body, exchange.ring.name, event_ids=event_ids, pooled=ring is None
+        )
         if not lease.worker.send(infer):
             exchange.sent = False
             exchange.orphaned = True

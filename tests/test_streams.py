@@ -301,3 +301,12 @@ def test_a_session_stopped_while_waiting_answers_its_post(started: bool) -> None
             streams.index.unlink()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_keeps_no_mapping_of_a_finished_session(server: RouterProcess) -> None:
+    for conv in ("one", "two", "three"):
+        finish(start_session(server, conv=conv, model="tiny-a", tokens=3))
+        assert requests.delete(server.url + f"/v1/stream?conv_id={conv}", timeout=10).ok
+    maps = Path(f"/proc/{server.model('tiny-a')['pid']}/maps").read_text().splitlines()
+    held = [line for line in maps if "/dev/shm/llama_router_" in line and "(deleted)" in line]
+    assert held == []  # a kept mapping would hold each unlinked 4 MiB ring

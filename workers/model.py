@@ -109,9 +109,7 @@ def _serve(
                 return False
 
 
-def _load(
-    settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat
-) -> LlamaEngine:
+def _load(settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat) -> LlamaEngine:
     beat()  # a spare has waited for this without a word
     send(Loading(0.0))
     from workers.engines.llama_cpp import LlamaEngine
@@ -157,7 +155,7 @@ def serve(
     beat: Heartbeat,
 ) -> None:
     try:
-        ring = rings.get(request.ring)
+        ring = rings.get(request.ring) if request.pooled else Ring.attach(request.ring)
     except FileNotFoundError:
         return  # the ring is gone: the router stopped caring about this request
     started = False
@@ -191,6 +189,8 @@ def serve(
     finally:
         ring.finish(RingState.DONE)
         send(Wrote(request.request_id))
+        if not request.pooled:
+            ring.close()
 
 
 def with_event_id(event: bytes, start: int) -> bytes:

@@ -51,6 +51,9 @@ class Infer(_Message, tag="infer", frozen=True):
     ring: str
     # Resumable sessions: every SSE event carries `id: <offset at its end>` for Last-Event-ID.
     event_ids: bool = False
+    # A pooled ring comes back for later requests, so the worker keeps it mapped; a session's
+    # ring is unlinked once it ends, and a mapping kept would hold its memory.
+    pooled: bool = True
 
 
 class Sleep(_Message, tag="sleep", frozen=True):
