@@ -198,6 +198,7 @@ class SpareWorkers:
     def __init__(self) -> None:
         self._spare: WorkerProcess | None = None
         self._closed = False
+        self._stopping: set[asyncio.Task[int]] = set()
 
     def take(self) -> WorkerProcess:
         spare = self._spare if self._spare is not None and self._spare.alive else WorkerProcess()
@@ -221,10 +222,13 @@ class SpareWorkers:
         if not self._closed and (self._spare is None or not self._spare.alive):
             self._spare = worker
         else:
-            asyncio.get_running_loop().create_task(worker.stop(Exit(), timeout=2.0))
+            task = asyncio.get_running_loop().create_task(worker.stop(Exit(), timeout=2.0))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     async def stop(self) -> None:
         self._closed = True
         spare, self._spare = self._spare, None
         if spare is not None:
             await spare.stop(Exit(), timeout=2.0)
+        await asyncio.gather(*self._stopping, return_exceptions=True)

@@ -403,7 +403,7 @@ class Supervisor:
         model.mark_changed()
         self._publish(model.id, "model_status", {"status": "loading"})
 
-    def _stop(self, model: Model) -> None:
+    def _stop(self, model: Model, recycle: bool = True) -> None:
         worker = model.worker
         assert worker is not None
         # A worker still loading cannot read its pipe: it is stopped at once. A loaded one finishes
@@ -413,8 +413,10 @@ class Supervisor:
         model.mark_changed()  # no event: clients see it "loaded" until it is gone
         if loading:
             self._spawn_task(worker.stop(Exit(), 0.0))
-        else:
+        elif recycle:
             self._spawn_task(self._retire(model, worker))
+        else:
+            self._spawn_task(worker.stop(Exit(), model.spec.stop_timeout))
 
     async def _retire(self, model: Model, worker: WorkerProcess) -> None:
         """Unload through the worker itself and keep its process as the next spare."""
@@ -562,7 +564,7 @@ class Supervisor:
             self._ticker.cancel()
         for model in self.models.values():
             if model.worker is not None and model.status is not Status.STOPPING:
-                self._stop(model)
+                self._stop(model, recycle=False)  # no process is kept for later
         stops = [m.worker.wait() for m in self.models.values() if m.worker is not None]
         await asyncio.gather(self._spares.stop(), *stops, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)

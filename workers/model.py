@@ -65,10 +65,9 @@ def run(conn: Connection, heartbeat: Synchronized[float]) -> None:
         engine = _load(command.settings, send, beat)
         beat()
         send(Ready(engine.info()))
-        recycle = _serve(engine, rings, conn, commands, send, beat)
+        if not _serve(engine, rings, conn, commands, send, beat):
+            break  # the process ends: the OS frees the model faster than a collection does
         engine.sleep()
-        if not recycle:
-            break
         send(Released())
     conn.close()
     os._exit(0)  # nothing to tear down: rings belong to the router, the OS frees the model
