@@ -499,6 +499,7 @@ class Supervisor:
                 else:
                     self._forget(model)
                 continue
+            model.removed = False  # its files are (still or again) there
             changed = not model.spec.same_settings(fresh)
             model.spec = fresh
             if not changed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from tests.fakehub import FakeHub
 from tests.server import ROOT, RouterProcess
 from tests.test_events import EventReader
+from tests.test_scheduling import NO_EOS, Call
 
 REPO = "acme/tiny-GGUF"
 Q4 = f"{REPO}:Q4_K_M"
@@ -121,6 +124,27 @@ def test_delete_removes_a_cache_model_only(server, tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "models").rglob("*.gguf"))
     assert server.session_delete("tiny-a").status_code == 400
     assert server.session_delete("ghost").status_code == 404
+
+
+def test_delete_wins_over_a_request_that_arrives_meanwhile(server) -> None:
+    events = EventReader(server)
+    name = f"{REPO}:Q8_0"
+    server.post("/models", {"model": name})
+    events.wait_for(name, "download_finished")
+    long = {"model": name, "prompt": "x", "max_tokens": 3000, "logit_bias": NO_EOS}
+    running = Call(server, long)  # the worker finishes it before it exits
+    server.wait_status(name, "loaded")
+    time.sleep(0.2)
+    deleting = threading.Thread(target=server.session_delete, args=(name,))
+    deleting.start()
+    time.sleep(0.2)
+    late = server.post("/v1/completions", {"model": name, "prompt": "x", "max_tokens": 2})
+    assert late.status_code == 400 and "not found" in late.text  # not a reload of its files
+    assert running.status is None  # refused at once, not after waiting out the stop
+    deleting.join(30)
+    assert not deleting.is_alive()
+    assert running.result() == 200
+    assert name not in listed(server)
 
 
 @pytest.mark.parametrize(

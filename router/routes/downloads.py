@@ -48,6 +48,7 @@ async def remove_model(request: Request) -> Response:
     if not model.spec.can_remove or model.spec.path is None:
         raise ApiError(400, f"model '{model.id}' is not removable (not from the cache)")
     folder = _cache_folder(Path(model.spec.path), Path(state.config.cache_dir))
+    model.removed = True  # no request may start it again while its files go
     if model.status.running:
         if model.status is not Status.STOPPING:
             state.supervisor.unload(model)
