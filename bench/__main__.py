@@ -92,7 +92,8 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("parts", nargs="*", default=["core", "scheduling", "streams", "downloads"])
+    every = ["core", "scheduling", "streams", "downloads"]
+    parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
@@ -102,6 +103,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
+    args.parts = args.parts or every
+    if unknown := set(args.parts) - set(every):
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
 
     work = Path(tempfile.mkdtemp(prefix="llama-router-bench-"))
     models = work / "models"

@@ -44,19 +44,22 @@ class Target:
             self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 if requests.get(self.url + "/health", timeout=1).ok:
                     return
             except requests.ConnectionError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start; see {log_dir / self.name}.log")
 
     def log_count(self, log_dir: Path) -> int:
         """How many model loads the server's log shows so far."""
         text = (log_dir / f"{self.name}.log").read_text(errors="replace")
         marker = (
-            "loading " if self.name == "llama-router" else "spawning server instance with name="
+            "llama-router: loading "
+            if self.name == "llama-router"
+            else "spawning server instance with name="
         )
         return text.count(marker)
 

@@ -17,7 +17,7 @@ from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
 from router.downloads import resolve
 from router.http_limits import bounded_head_protocol
-from router.presets import PresetError
+from router.presets import PresetError, split_list
 from router.state import RouterState
 from workers.download import DownloadError, Progress, download
 from workers.errors import ApiError
@@ -174,7 +174,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         models_autoload=args.models_autoload,
         sleep_idle_seconds=args.sleep_idle_seconds,
         api_keys=keys,
-        cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
+        cors_origins=split_list(args.cors_origins),
         max_waiting_per_model=args.max_waiting_per_model,
         heartbeat_seconds=args.worker_heartbeat_seconds,
         timeout=args.timeout,

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlparse
 import requests
 
 from router.catalog import CACHE_MODELS_DIR
+from router.processes import signal_group
 from workers import download as download_worker
 from workers.download import DownloadFile, DownloadJob, Failed, Finished, Progress, report_decoder
 from workers.errors import ApiError
@@ -129,7 +130,6 @@ class Download:
     conn: Connection
     status: str = "downloading"
     progress: dict[str, dict[str, int]] = field(default_factory=dict)
-    reason: str | None = None
     last_event: float = 0.0
 
     @property
@@ -141,9 +141,6 @@ class Downloads:
     def __init__(self, publish: Publisher) -> None:
         self._publish = publish
         self._active: dict[str, Download] = {}
-
-    def get(self, model_id: str) -> Download | None:
-        return self._active.get(model_id)
 
     def entries(self) -> list[Download]:
         return [d for d in self._active.values() if d.status != "failed"]
@@ -196,7 +193,6 @@ class Downloads:
         if download.status != "downloading":
             return
         download.status = "failed"
-        download.reason = reason
         log.warning("download of %s failed: %s", download.model_id, reason)
         self._publish(download.model_id, "download_failed", {"message": reason})
 
@@ -216,7 +212,8 @@ class Downloads:
         if download is None or download.status != "downloading":
             return False
         self._fail(download, "cancelled")
-        _terminate(download.process)
+        if download.process.pid is not None:
+            signal_group(download.process.pid, signal.SIGTERM)
         return True
 
     def take_finished(self) -> list[Download]:
@@ -231,12 +228,3 @@ class Downloads:
                 self.cancel(download.model_id)
         for download in self._active.values():
             download.process.join(timeout=5)
-
-
-def _terminate(process: multiprocessing.process.BaseProcess) -> None:
-    if process.pid is None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        process.terminate()

@@ -178,11 +178,7 @@ class WorkerProcess:
                 child.kill()
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+        signal_group(self.pid, sig)
 
     def resident_bytes(self) -> int | None:
         try:
@@ -232,3 +228,12 @@ class SpareWorkers:
         if spare is not None:
             await spare.stop(Exit(), timeout=2.0)
         await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a worker's process group (it and its children), or just it if it has none."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

@@ -49,7 +49,6 @@ class Exchange:
     lease: Lease
     waker: Waker = field(default_factory=Waker)
     failure: ApiError | None = None
-    sent: bool = True
     pooled: bool = True
     orphaned: bool = False  # failed before any worker picked it up: safe to send again
 
@@ -65,7 +64,8 @@ class Exchange:
     @property
     def let_go(self) -> bool:
         """Whether the worker is done with the ring, so that it may serve another request."""
-        return not self.sent or self.ring.state is not RingState.RUNNING or not self.worker.alive
+        # an orphan was never picked up: not sent, or its worker is gone
+        return self.orphaned or self.ring.state is not RingState.RUNNING or not self.worker.alive
 
 
 _segment_serials = itertools.count(1)  # 0 is the session index
@@ -133,7 +133,6 @@ class Relay:
             request_id, route, body, exchange.ring.name, event_ids=event_ids, pooled=ring is None
         )
         if not lease.worker.send(infer):
-            exchange.sent = False
             exchange.orphaned = True
             exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
         return exchange

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ SSE_HEADERS = [
 JSON_TYPE = (b"content-type", b"application/json")
 READ_LIMIT = 1 << 20
 
+log = logging.getLogger("llama-router")
 T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -32,7 +34,7 @@ class FollowingResponse:
     """An ASGI response that writes while it watches for the client to leave."""
 
     def __init__(self) -> None:
-        self._gone = False
+        self._left = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
@@ -47,11 +49,15 @@ class FollowingResponse:
     async def _watch_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self._gone = True
+        self._left.set()
         self._client_left()
 
     async def _respond(self, send: Send) -> None:
         raise NotImplementedError
+
+    @property
+    def _gone(self) -> bool:
+        return self._left.is_set()
 
     def _client_left(self) -> None:
         pass
@@ -77,11 +83,9 @@ class RingResponse(FollowingResponse):
         self._closed = False
         self._timeout = timeout
         self._resend = resend
-        self._left = asyncio.Event()
         self._quiet_since = time.monotonic()
 
     def _client_left(self) -> None:
-        self._left.set()
         self.exchange.waker.wake()
 
     def _finished(self) -> None:
@@ -113,6 +117,9 @@ class RingResponse(FollowingResponse):
             if self._gone or not exchange.orphaned or self._resend is None:
                 return
             resend, self._resend = self._resend, None
+            log.info(
+                "sending a request to %s again: its worker died first", exchange.lease.model.id
+            )
             self._close(exchange)
             self._closed = True
             replacement = await unless(resend(), self._left.wait())

@@ -121,6 +121,11 @@ class Lease:
 Publisher = Callable[[str, str, dict[str, Any] | None], None]
 
 
+def load_progress(value: float) -> dict[str, Any]:
+    """llama-server's shape of a load's progress (one stage: the text model)."""
+    return {"stages": ["text_model"], "current": "text_model", "value": value}
+
+
 def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
     """The least recently used model that may be stopped to free a slot, if any."""
     candidates = [
@@ -447,7 +452,7 @@ class Supervisor:
                 return
             case Loading():
                 model.progress = event.value
-                progress = {"stages": ["text_model"], "current": "text_model", "value": event.value}
+                progress = load_progress(event.value)
                 self._publish(
                     model.id, "status_change", {"status": "loading", "progress": progress}
                 )

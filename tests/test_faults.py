@@ -77,6 +77,7 @@ def test_requests_a_killed_worker_never_picked_up_are_served_by_the_next(
     os.kill(server.model("slow")["pid"], signal.SIGKILL)
     assert hog.result() == 500  # it was running: sending it again could kill the next worker
     assert [call.result() for call in queued] == [200, 200, 200], [c.text for c in queued]
+    assert server.log().count("sending a request to slow again") == 3  # not merely served late
     assert server.log().count("loading slow (pid") == 2
 
 

@@ -15,7 +15,7 @@ from router.downloads import Download
 from router.responses import EventsResponse
 from router.routes.common import json_response, read_body, router_state, success
 from router.state import find_model, reload_catalog
-from router.supervisor import Model, Status
+from router.supervisor import Model, Status, load_progress
 from workers.errors import ApiError
 from workers.schema import decode_body
 
@@ -50,11 +50,7 @@ def model_entry(model: Model, created: int) -> dict[str, Any]:
         status["failed"] = True
         status["exit_code"] = model.exit_code
     if model.status is Status.LOADING and model.progress is not None:
-        status["progress"] = {
-            "stages": ["text_model"],
-            "current": "text_model",
-            "value": model.progress,
-        }
+        status["progress"] = load_progress(model.progress)
     inputs = ["text", "image"] if spec.mmproj else ["text"]
     entry: dict[str, Any] = {
         "id": spec.id,

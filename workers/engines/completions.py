@@ -12,7 +12,7 @@ import llama_cpp
 from workers.engines.chat_templates import ChatFormatter
 from workers.engines.generation import Outcome, checked_tokens, generate, grammar_for
 from workers.engines.response import SSE_DONE, Response, sse
-from workers.engines.sampling import completion_kwargs
+from workers.engines.sampling import completion_kwargs, stop_list
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
 from workers.schema import decode_object
@@ -51,8 +51,7 @@ class Completions:
         tokens = self.llm.tokenize(
             formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
         )
-        stop = formatted.stop or []
-        return tokens, [stop] if isinstance(stop, str) else list(stop)
+        return tokens, stop_list(formatted.stop)
 
     # --- OpenAI chat ----------------------------------------------------------------------------
 
@@ -60,7 +59,7 @@ class Completions:
         request = decode_object(body)
         params = self._params(request)
         tokens, template_stops = self._chat_tokens(request)
-        params["stop"] = [*_as_list(params.get("stop")), *template_stops]
+        params["stop"] = [*params["stop"], *template_stops]
         outcome = Outcome(prompt_tokens=len(tokens))
         pieces = generate(self.llm, tokens, params, cancelled, outcome)
         head = _head("chatcmpl", "chat.completion", params["model"])
@@ -115,7 +114,7 @@ class Completions:
             )
 
         def events() -> Iterator[bytes]:
-            for piece in _first(pieces):
+            for piece in pieces:
                 yield sse({**head, "choices": [choice(piece, None)]})
             if outcome.cancelled:
                 return
@@ -160,7 +159,7 @@ class Completions:
             return Response.json(200, final("".join(pieces)))
 
         def events() -> Iterator[bytes]:
-            for piece in _first(pieces):
+            for piece in pieces:
                 yield sse(
                     {
                         "index": 0,
@@ -179,7 +178,8 @@ class Completions:
 
 
 def _first(pieces: Iterator[str]) -> Iterator[str]:
-    """Run the generator up to its first piece now, so prompt errors answer as plain HTTP errors."""
+    """Run the generator up to its first piece now, so that prompt errors answer as plain HTTP
+    errors even when a stream has an event to send before the pieces (chat's role chunk)."""
     try:
         first = next(pieces)
     except StopIteration:
@@ -208,12 +208,6 @@ def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str,
 
 def _include_usage(request: dict[str, Any]) -> bool:
     return bool((request.get("stream_options") or {}).get("include_usage"))
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _flatten_content(message: Any) -> Any:

@@ -117,7 +117,7 @@ def generate(
             f"({n_ctx} tokens), try increasing it",
         )
     max_tokens = params.get("max_tokens")
-    stops = [stop for stop in _stops(params.get("stop")) if stop]
+    stops = [stop for stop in params.get("stop", []) if stop]
     n_vocab = llm.n_vocab()
     # as llama-server does, ids outside the vocabulary are ignored
     bias = {t: v for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab}
@@ -218,12 +218,6 @@ def token_piece(vocab: Any, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(-length)
         length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
     return buffer.raw[:length]
-
-
-def _stops(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

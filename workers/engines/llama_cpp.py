@@ -149,7 +149,7 @@ class LlamaEngine:
     def completions(self) -> Completions:
         self._require_generation()
         llm = self.model
-        if self._completions is None or self._completions.llm is not llm:
+        if self._completions is None:  # sleep() drops it with the model
             bos, eos = _piece(llm, llm.token_bos()), _piece(llm, llm.token_eos())
             formatter = chat_formatter(llm, self.settings, bos, eos)
             self._completions = Completions(llm, self.settings, formatter)

@@ -51,12 +51,18 @@ def completion_kwargs(request: dict[str, Any], settings: ModelSettings) -> dict[
         seed = settings.seed
     if seed is not None and seed >= 0:
         kwargs["seed"] = seed
-    if request.get("stop") is not None:
-        kwargs["stop"] = request["stop"]
+    kwargs["stop"] = stop_list(request.get("stop"))
     if request.get("logit_bias"):
         kwargs["logit_bias"] = logit_bias(request["logit_bias"])
     kwargs["model"] = request.get("model") or settings.model_id
     return kwargs
+
+
+def stop_list(value: str | list[str] | None) -> list[str]:
+    """`stop` as a string, a list or nothing: always a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _max_tokens(request: dict[str, Any], settings: ModelSettings) -> int | None:
