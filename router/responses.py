@@ -67,8 +67,9 @@ class FollowingResponse:
 
 
 class RingResponse(FollowingResponse):
-    """Relays one request's ring. A request that a dying worker never picked up is sent once
-    more, through `resend`, to the model's next worker, instead of failing."""
+    """Relays one request's ring. A request that a dying worker never picked up is sent again,
+    through `resend`, to the model's next worker, instead of failing; no worker has run it, so
+    it cannot be what killed them. `resend` stops at the request's --timeout."""
 
     def __init__(
         self,
@@ -116,13 +117,12 @@ class RingResponse(FollowingResponse):
                 await self._wait()
             if self._gone or not exchange.orphaned or self._resend is None:
                 return
-            resend, self._resend = self._resend, None
             log.info(
                 "sending a request to %s again: its worker died first", exchange.lease.model.id
             )
             self._close(exchange)
             self._closed = True
-            replacement = await unless(resend(), self._left.wait())
+            replacement = await unless(self._resend(), self._left.wait())
             if replacement is None:
                 return
             self.exchange, self._closed = replacement, False  # still within the first silence
