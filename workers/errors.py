@@ -19,12 +19,14 @@ ERROR_TYPES = {
 
 
 class ApiError(Exception):
-    """A failure the client can read: an HTTP status and a message."""
+    """A failure the client can read: an HTTP status and a message. A subclass may name its own
+    `type` and add `details`, fields of the error object beside the usual three."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details: dict[str, Any] = {}
 
     @property
     def type(self) -> str:
@@ -33,7 +35,8 @@ class ApiError(Exception):
         )
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.status, "message": self.message, "type": self.type}}
+        error = {"code": self.status, "message": self.message, "type": self.type}
+        return {"error": {**error, **self.details}}
 
     def json(self) -> bytes:
         return msgspec.json.encode(self.body())
@@ -41,3 +44,20 @@ class ApiError(Exception):
     def sse(self) -> bytes:
         """The final event of a stream that failed after it started."""
         return b"data: " + self.json() + b"\n\n"
+
+
+class ContextExceeded(ApiError):
+    """A prompt longer than the context, told as llama-server tells it: its own type, and the
+    two sizes for a client that shortens the prompt and tries again."""
+
+    def __init__(self, n_prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            400,
+            f"request ({n_prompt_tokens} tokens) exceeds the available context size "
+            f"({n_ctx} tokens), try increasing it",
+        )
+        self.details = {"n_prompt_tokens": n_prompt_tokens, "n_ctx": n_ctx}
+
+    @property
+    def type(self) -> str:
+        return "exceed_context_size_error"

@@ -20,7 +20,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from workers.errors import ApiError
+from workers.errors import ApiError, ContextExceeded
 
 LONG_PROMPT = 64  # tokens; shorter prompts decode faster than a cancel could matter
 
@@ -110,12 +110,7 @@ def generate(
     if not prompt_tokens:
         return  # llama-server's answer to an empty prompt: an empty completion
     n_ctx = llm.n_ctx()
-    if len(prompt_tokens) >= n_ctx:
-        raise ApiError(
-            400,
-            f"request ({len(prompt_tokens)} tokens) exceeds the available context size "
-            f"({n_ctx} tokens), try increasing it",
-        )
+    check_context(len(prompt_tokens), n_ctx)
     max_tokens = params.get("max_tokens")
     stops = [stop for stop in params.get("stop", []) if stop]
     n_vocab = llm.n_vocab()
@@ -162,6 +157,12 @@ def generate(
     rest = held + decoder.decode(b"", final=True)
     if rest:
         yield rest
+
+
+def check_context(prompt_length: int, n_ctx: int) -> None:
+    """llama-server refuses a prompt that leaves no room for a single generated token."""
+    if prompt_length >= n_ctx:
+        raise ContextExceeded(prompt_length, n_ctx)
 
 
 class PromptAbort:
