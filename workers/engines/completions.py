@@ -29,9 +29,13 @@ class Completions:
         self.formatter = formatter
 
     def _params(self, request: dict[str, Any]) -> dict[str, Any]:
-        params = completion_kwargs(request, self.settings)
+        params = completion_kwargs(request, self.settings, self._bias_tokens)
         params["grammar"] = grammar_for(request, self.llm._model.vocab)
         return params
+
+    def _bias_tokens(self, text: str) -> list[int]:
+        # llama-server tokenizes a logit_bias string as plain text: no BOS, no special tokens
+        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
 
     def _prompt_tokens(self, prompt: Any) -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

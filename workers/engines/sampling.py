@@ -6,9 +6,10 @@ llama-server's defaults.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
-from workers.errors import ApiError
 from workers.protocol import ModelSettings
 
 # generation argument -> llama-server default
@@ -23,6 +24,11 @@ DEFAULTS: dict[str, float] = {
     "frequency_penalty": 0.0,
 }
 
+# What `false` as a bias means: the token is never sampled.
+BANNED = -1e30
+# An object key that names a token id rather than text to tokenize (as strtol reads it).
+_TOKEN_ID = re.compile(r"\s*[+-]?\d+")
+
 # Settings keys (llama-server flag names) for each generation argument.
 _SETTING_KEYS = {
     "temp": "temp",
@@ -36,7 +42,10 @@ _SETTING_KEYS = {
 }
 
 
-def completion_kwargs(request: dict[str, Any], settings: ModelSettings) -> dict[str, Any]:
+def completion_kwargs(
+    request: dict[str, Any], settings: ModelSettings, tokenize: Callable[[str], list[int]]
+) -> dict[str, Any]:
+    """`tokenize` turns logit_bias strings into tokens."""
     kwargs: dict[str, Any] = {}
     for name, default in DEFAULTS.items():
         value = request.get("temperature" if name == "temp" else name)
@@ -53,7 +62,7 @@ def completion_kwargs(request: dict[str, Any], settings: ModelSettings) -> dict[
         kwargs["seed"] = seed
     kwargs["stop"] = stop_list(request.get("stop"))
     if request.get("logit_bias"):
-        kwargs["logit_bias"] = logit_bias(request["logit_bias"])
+        kwargs["logit_bias"] = logit_bias(request["logit_bias"], tokenize)
     kwargs["model"] = request.get("model") or settings.model_id
     return kwargs
 
@@ -73,13 +82,28 @@ def _max_tokens(request: dict[str, Any], settings: ModelSettings) -> int | None:
     return None if settings.n_predict < 0 else settings.n_predict
 
 
-def logit_bias(value: Any) -> dict[int, float]:
-    """OpenAI's {"token": bias} or llama-server's [[token, bias]]; `false` bans the token."""
+def logit_bias(value: Any, tokenize: Callable[[str], list[int]]) -> dict[int, float]:
+    """OpenAI's {"token": bias} or llama-server's [[token, bias]], where a token is an id or a
+    string whose every token gets the bias, and `false` bans. As llama-server does, entries of
+    another shape are skipped and biases given twice to one token add up."""
     pairs = value.items() if isinstance(value, dict) else value
     bias: dict[int, float] = {}
-    try:
-        for token, amount in pairs:
-            bias[int(token)] = -1e30 if amount is False else float(amount)
-    except (TypeError, ValueError) as error:
-        raise ApiError(400, f"invalid logit_bias: {error}") from error
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            continue
+        token, amount = pair
+        if amount is False:
+            amount = BANNED
+        elif isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            continue
+        if isinstance(value, dict) and _TOKEN_ID.fullmatch(token):
+            token = int(token)
+        if isinstance(token, str):
+            tokens = tokenize(token)
+        elif isinstance(token, int) and not isinstance(token, bool):
+            tokens = [token]
+        else:
+            continue
+        for one in tokens:
+            bias[one] = bias.get(one, 0.0) + float(amount)
     return bias
