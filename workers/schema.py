@@ -18,6 +18,7 @@ T = TypeVar("T")
 class Sampling(msgspec.Struct, omit_defaults=True):
     model: str | None = None
     stream: bool = False
+    timings_per_token: bool = False
     temperature: float | None = None
     temp: float | None = None
     top_k: int | None = None

@@ -75,20 +75,31 @@ class Completions:
                 "logprobs": None,
                 "finish_reason": outcome.finish_reason,
             }
-            return Response.json(200, {**head, "choices": [choice], "usage": outcome.usage()})
+            return Response.json(
+                200,
+                {
+                    **head,
+                    "choices": [choice],
+                    "usage": outcome.usage(),
+                    "timings": outcome.timings(),
+                },
+            )
         head["object"] = "chat.completion.chunk"
         include_usage = _include_usage(request)
+        timed = _per_token_timings(request)
 
         def events() -> Iterator[bytes]:
             first = _first(pieces)
             yield sse({**head, "choices": [_delta({"role": "assistant", "content": None})]})
             for piece in first:
-                yield sse({**head, "choices": [_delta({"content": piece})]})
+                yield sse(timed({**head, "choices": [_delta({"content": piece})]}, outcome))
             if outcome.cancelled:
                 return
-            yield sse({**head, "choices": [_delta({}, outcome.finish_reason)]})
+            last = {**head, "choices": [_delta({}, outcome.finish_reason)]}
             if include_usage:
-                yield sse({**head, "choices": [], "usage": outcome.usage()})
+                yield sse(last)
+                last = {**head, "choices": [], "usage": outcome.usage()}
+            yield sse({**last, "timings": outcome.timings()})
             yield SSE_DONE
 
         return Response.stream(events())
@@ -114,18 +125,21 @@ class Completions:
                     **head,
                     "choices": [choice(text, outcome.finish_reason)],
                     "usage": outcome.usage(),
+                    "timings": outcome.timings(),
                 },
             )
+        timed = _per_token_timings(request)
 
         def events() -> Iterator[bytes]:
             for piece in pieces:
-                yield sse({**head, "choices": [choice(piece, None)]})
+                yield sse(timed({**head, "choices": [choice(piece, None)]}, outcome))
             if outcome.cancelled:
                 return
             final = {
                 **head,
                 "choices": [choice("", outcome.finish_reason)],
                 "usage": outcome.usage(),
+                "timings": outcome.timings(),
             }
             yield sse(final)
             yield SSE_DONE
@@ -157,28 +171,38 @@ class Completions:
                 "stop_type": "limit" if outcome.finish_reason == "length" else "eos",
                 "stopping_word": "",
                 "tokens_cached": outcome.prompt_tokens + outcome.completion_tokens,
+                "timings": outcome.timings(),
             }
 
         if not request.get("stream"):
             return Response.json(200, final("".join(pieces)))
+        timed = _per_token_timings(request)
 
         def events() -> Iterator[bytes]:
             for piece in pieces:
-                yield sse(
-                    {
-                        "index": 0,
-                        "content": piece,
-                        "tokens": [],
-                        "stop": False,
-                        "id_slot": 0,
-                        "tokens_predicted": outcome.completion_tokens,
-                        "tokens_evaluated": outcome.prompt_tokens,
-                    }
-                )
+                chunk = {
+                    "index": 0,
+                    "content": piece,
+                    "tokens": [],
+                    "stop": False,
+                    "id_slot": 0,
+                    "tokens_predicted": outcome.completion_tokens,
+                    "tokens_evaluated": outcome.prompt_tokens,
+                }
+                yield sse(timed(chunk, outcome))
             if not outcome.cancelled:
                 yield sse(final(""))  # llama-server ends this stream without [DONE]
 
         return Response.stream(events())
+
+
+def _per_token_timings(
+    request: dict[str, Any],
+) -> Callable[[dict[str, Any], Outcome], dict[str, Any]]:
+    """What a streamed piece carries: with `timings_per_token`, the timings so far."""
+    if not request.get("timings_per_token"):
+        return lambda chunk, _outcome: chunk
+    return lambda chunk, outcome: {**chunk, "timings": outcome.timings()}
 
 
 def _first(pieces: Iterator[str]) -> Iterator[str]:

@@ -11,6 +11,7 @@ import codecs
 import ctypes
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,12 +43,37 @@ class Outcome:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     cancelled: bool = False
+    # time.perf_counter() when the prompt's decode began, when it ended, at the last token
+    started: float = 0.0
+    prompt_done: float = 0.0
+    last_token: float = 0.0
 
     def usage(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def timings(self) -> dict[str, float]:
+        """llama-server's `timings`. As there, the first token comes with the prompt's decode,
+        so the per-token generation figures count the decode steps after it; no prompt cache
+        is reused yet (`cache_n`)."""
+        prompt_ms = (self.prompt_done - self.started) * 1e3 if self.prompt_done else 0.0
+        predicted_ms = 0.0
+        if self.last_token:  # at least a microsecond, as llama-server rounds it
+            predicted_ms = max(1e-3, (self.last_token - self.prompt_done) * 1e3)
+        steps = max(0, self.completion_tokens - 1)
+        return {
+            "cache_n": 0,
+            "prompt_n": self.prompt_tokens,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / self.prompt_tokens if self.prompt_tokens else 0.0,
+            "prompt_per_second": 1e3 / prompt_ms * self.prompt_tokens if prompt_ms else 0.0,
+            "predicted_n": self.completion_tokens,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / steps if steps else 0.0,
+            "predicted_per_second": 1e3 / predicted_ms * steps if predicted_ms else 0.0,
         }
 
 
@@ -126,9 +152,11 @@ def generate(
     tokens = llm.generate(
         prompt_tokens, logits_processor=processors, grammar=params.get("grammar"), **sampler
     )
+    outcome.started = time.perf_counter()
     first = _decode_prompt(llm, tokens, len(prompt_tokens), cancelled, outcome)
     if first is None:
         return
+    outcome.prompt_done = time.perf_counter()
     for token in itertools.chain([first], tokens):
         if cancelled():
             outcome.cancelled = True
@@ -137,6 +165,7 @@ def generate(
             outcome.finish_reason = "stop"
             break
         outcome.completion_tokens += 1
+        outcome.last_token = time.perf_counter()
         text = held + decoder.decode(token_piece(vocab, token))
         cut = _first_stop(text, stops)
         if cut is not None:
