@@ -214,9 +214,10 @@ def test_values_that_crashed_llama_cpp_get_400_and_the_worker_lives(
         assert server.model(body["model"]).get("pid") == pid, body  # the same worker, alive
     ignored = server.post("/v1/completions", {**text, "logit_bias": {"100000": 5, "-7": 1}})
     assert ignored.status_code == 200  # ids outside the vocabulary are ignored, as upstream
-    empty = server.post("/v1/completions", {**text, "prompt": []})
-    assert empty.status_code == 200  # an empty completion, as upstream
+    empty = server.post("/v1/completions", {**text, "prompt": [[]]})
+    assert empty.status_code == 200  # one empty prompt: an empty completion, as upstream
     assert empty.json()["choices"][0]["text"] == ""
+    assert server.post("/v1/completions", {**text, "prompt": []}).status_code == 400  # no prompt
 
 
 def test_a_seed_holds_for_its_own_request_only(tiny_router) -> None:

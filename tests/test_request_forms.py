@@ -79,6 +79,93 @@ def test_a_logit_bias_string_biases_every_token_of_its_text(server: RouterProces
     assert pairs.json()["stop_type"] == "limit"
 
 
+# --- 2. prompt forms ------------------------------------------------------------------------
+
+
+def test_a_prompt_of_ids_and_texts_is_one_prompt(server: RouterProcess) -> None:
+    x, y = tokens(server, "x"), tokens(server, "y")
+    mixed = native(server, prompt=[1, 2, 3, "x", 7, "y"])
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["tokens_evaluated"] == 3 + len(x) + 1 + len(y)
+    # only a text that opens the prompt gets a BOS
+    opened = native(server, prompt=["x", 7]).json()
+    assert opened["tokens_evaluated"] == len(tokens(server, "x", add_special=True)) + 1
+    alone = native(server, prompt={"prompt_string": "x"}).json()
+    assert alone["tokens_evaluated"] == len(tokens(server, "x", add_special=True))
+
+
+def test_several_prompts_answer_several_results(server: RouterProcess) -> None:
+    ids = tokens(server, "x", add_special=True)
+    prompts = [ids, "x", {"prompt_string": "x"}, ["x", 5]]
+    reply = native(server, prompt=prompts, logit_bias=NO_EOS)
+    assert reply.status_code == 200, reply.text
+    results = reply.json()
+    assert isinstance(results, list)
+    assert [result["index"] for result in results] == [0, 1, 2, 3]
+    assert [r["tokens_evaluated"] for r in results] == [len(ids)] * 3 + [len(ids) + 1]
+    assert all(r["stop"] is True and r["tokens_predicted"] == 4 for r in results)
+
+    oai = server.post("/v1/completions", {"model": "tiny-a", "prompt": ["a", "b"], "max_tokens": 2})
+    assert [choice["index"] for choice in oai.json()["choices"]] == [0, 1]
+
+    streamed = native(server, prompt=["a", "b"], stream=True, logit_bias=NO_EOS)
+    events = chunks(streamed)
+    assert {event["index"] for event in events} == {0, 1}
+    finals = [event for event in events if event["stop"]]
+    assert [final["index"] for final in finals] == [0, 1]
+
+
+def test_empty_and_multimodal_prompts(server: RouterProcess) -> None:
+    empty = native(server, prompt=[])
+    assert empty.status_code == 400
+    assert empty.json()["error"]["message"] == '"prompt" must not be empty'
+    nothing = native(server, prompt=[[]])
+    assert nothing.status_code == 200 and nothing.json()["content"] == ""
+    assert native(server).status_code == 400  # no prompt at all
+    pixel = (  # a 1x1 PNG, as llama-server's test sends it: one string, not a list
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII="
+    )
+    media = native(server, prompt={"prompt_string": "x <__media__>", "multimodal_data": pixel})
+    assert media.status_code == 400
+    assert "does not support multimodal" in media.json()["error"]["message"]
+    assert native(server, prompt="x").status_code == 200  # and the worker lives on
+
+
+# --- 3. n choices ---------------------------------------------------------------------------
+
+
+def test_n_choices_on_chat(server: RouterProcess) -> None:
+    body = {"model": "tiny-a", "messages": HI, "max_tokens": 3, "n": 2, "logit_bias": NO_EOS}
+    reply = server.post("/v1/chat/completions", body).json()
+    assert [choice["index"] for choice in reply["choices"]] == [0, 1]
+    assert all(choice["finish_reason"] == "length" for choice in reply["choices"])
+    assert all(choice["message"]["role"] == "assistant" for choice in reply["choices"])
+    assert reply["usage"]["completion_tokens"] == 6
+
+    streamed = server.post("/v1/chat/completions", {**body, "stream": True})
+    assert sse_events(streamed)[-1] == "[DONE]"
+    events = chunks(streamed)
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"][0]["index"] == index]
+        assert mine[0]["delta"]["role"] == "assistant"
+        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == ["length"]
+
+    for n in (0, 5):
+        assert server.post("/v1/chat/completions", {**body, "n": n}).status_code == 400
+
+
+def test_n_choices_on_completions(server: RouterProcess) -> None:
+    body = {"model": "tiny-a", "prompt": ["a", "b"], "max_tokens": 2, "n": 2, "logit_bias": NO_EOS}
+    reply = server.post("/v1/completions", body).json()
+    assert [choice["index"] for choice in reply["choices"]] == [0, 1, 2, 3]
+    assert reply["usage"]["completion_tokens"] == 8
+    streamed = chunks(server.post("/v1/completions", {**body, "stream": True}))
+    finals = [e["choices"][0]["index"] for e in streamed if e["choices"][0]["finish_reason"]]
+    assert finals == [0, 1, 2, 3]
+    results = native(server, prompt="x", n_cmpl=2).json()
+    assert [result["index"] for result in results] == [0, 1]
+
+
 # --- 5. context overflow --------------------------------------------------------------------
 
 
@@ -93,6 +180,10 @@ def test_a_prompt_longer_than_the_context(server: RouterProcess) -> None:
         assert error["type"] == "exceed_context_size_error"
         assert error["n_prompt_tokens"] > 5000
         assert error["n_ctx"] == server.model("tiny-a")["meta"]["n_ctx"]
+    several = {"model": "tiny-a", "prompt": ["x", "x" * 5000], "stream": True}
+    reply = server.post("/v1/completions", several)  # refused before any prompt is generated
+    assert reply.status_code == 400
+    assert reply.json()["error"]["type"] == "exceed_context_size_error"
 
 
 # --- 6. timings -----------------------------------------------------------------------------

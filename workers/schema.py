@@ -6,7 +6,7 @@ the same bytes again to read the fields it uses. Unknown fields pass through.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -15,9 +15,16 @@ from workers.errors import ApiError
 T = TypeVar("T")
 
 
+# llama-server refuses more completions per prompt (`n`) than it has slots; it has 4 unless told.
+MAX_CHOICES = 4
+Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
+
+
 class Sampling(msgspec.Struct, omit_defaults=True):
     model: str | None = None
     stream: bool = False
+    n: Choices | None = None
+    n_cmpl: Choices | None = None
     timings_per_token: bool = False
     temperature: float | None = None
     temp: float | None = None
@@ -55,8 +62,21 @@ class ChatRequest(Sampling):
     tools: list[dict[str, Any]] | None = None
 
 
-class CompletionRequest(Sampling):
-    prompt: str | list[int | str] | None = None
+class PromptObject(msgspec.Struct):
+    """llama-server's prompt as an object: text (or mixed text and token ids), with the media
+    the text's markers stand for when the model has a projector."""
+
+    prompt_string: str | list[int | str]
+    multimodal_data: str | list[str] | None = None
+
+
+# A text, token ids mixed with texts (one prompt), or a list of prompts, each a text, a list of
+# token ids mixed with texts, or an object.
+Prompt = str | list[int | str | list[int | str] | PromptObject] | PromptObject
+
+
+class CompletionRequest(Sampling, kw_only=True):
+    prompt: Prompt
 
 
 class EmbeddingRequest(msgspec.Struct):

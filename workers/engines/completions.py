@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 
 from workers.engines.chat_templates import ChatFormatter
-from workers.engines.generation import Outcome, checked_tokens, generate, grammar_for
+from workers.engines.generation import Outcome, check_context, generate, grammar_for
+from workers.engines.prompts import completion_prompts
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs, stop_list
 from workers.errors import ApiError
@@ -18,6 +20,17 @@ from workers.protocol import ModelSettings
 from workers.schema import decode_object
 
 CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class Run:
+    """One completion: a request makes `n` of each of its prompts, one after the other."""
+
+    index: int  # the choice's (or, on /completion, the result's) index, as llama-server counts
+    choice: int  # which of its prompt's `n`
+    prompt: list[int]
+    outcome: Outcome
+    pieces: Iterator[str]
 
 
 class Completions:
@@ -37,14 +50,9 @@ class Completions:
         # llama-server tokenizes a logit_bias string as plain text: no BOS, no special tokens
         return self.llm.tokenize(text.encode(), add_bos=False, special=False)
 
-    def _prompt_tokens(self, prompt: Any) -> list[int]:
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            return self.llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            return checked_tokens(list(prompt), self.llm)
-        raise ApiError(400, "prompt must be a string, a list of token ids or a list of one string")
+    def _prompts(self, request: dict[str, Any]) -> list[list[int]]:
+        has_projector = self.settings.mmproj is not None
+        return completion_prompts(request.get("prompt"), self.llm, has_projector)
 
     def _chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:
         messages = [_flatten_content(message) for message in request.get("messages") or []]
@@ -57,6 +65,27 @@ class Completions:
         )
         return tokens, stop_list(formatted.stop)
 
+    def _runs(
+        self,
+        prompts: list[list[int]],
+        request: dict[str, Any],
+        params: dict[str, Any],
+        cancelled: CancelCheck,
+    ) -> list[Run]:
+        """Every prompt is checked before any is generated, so that one too long fails the
+        request at once instead of in the middle of its stream."""
+        n_ctx = self.llm.n_ctx()
+        for prompt in prompts:
+            check_context(len(prompt), n_ctx)
+        choices = request.get("n_cmpl") or request.get("n") or 1
+        runs: list[Run] = []
+        for prompt in prompts:
+            for choice in range(choices):
+                outcome = Outcome(prompt_tokens=len(prompt))
+                pieces = generate(self.llm, prompt, params, cancelled, outcome)
+                runs.append(Run(len(runs), choice, prompt, outcome, pieces))
+        return runs
+
     # --- OpenAI chat ----------------------------------------------------------------------------
 
     def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
@@ -64,42 +93,40 @@ class Completions:
         params = self._params(request)
         tokens, template_stops = self._chat_tokens(request)
         params["stop"] = [*params["stop"], *template_stops]
-        outcome = Outcome(prompt_tokens=len(tokens))
-        pieces = generate(self.llm, tokens, params, cancelled, outcome)
+        runs = self._runs([tokens], request, params, cancelled)
         head = _head("chatcmpl", "chat.completion", params["model"])
         if not request.get("stream"):
-            text = "".join(pieces)
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": outcome.finish_reason,
-            }
-            return Response.json(
-                200,
+            choices = [
                 {
-                    **head,
-                    "choices": [choice],
-                    "usage": outcome.usage(),
-                    "timings": outcome.timings(),
-                },
-            )
+                    "index": run.index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": run.outcome.finish_reason,
+                }
+                for run, text in _collected(runs)
+            ]
+            return Response.json(200, {**head, "choices": choices, **_totals(runs)})
         head["object"] = "chat.completion.chunk"
         include_usage = _include_usage(request)
         timed = _per_token_timings(request)
+        runs[0].pieces = _first(runs[0].pieces)
 
         def events() -> Iterator[bytes]:
-            first = _first(pieces)
-            yield sse({**head, "choices": [_delta({"role": "assistant", "content": None})]})
-            for piece in first:
-                yield sse(timed({**head, "choices": [_delta({"content": piece})]}, outcome))
-            if outcome.cancelled:
-                return
-            last = {**head, "choices": [_delta({}, outcome.finish_reason)]}
-            if include_usage:
-                yield sse(last)
-                last = {**head, "choices": [], "usage": outcome.usage()}
-            yield sse({**last, "timings": outcome.timings()})
+            for run in runs:
+                yield sse(
+                    {**head, "choices": [_delta(run, {"role": "assistant", "content": None})]}
+                )
+                for piece in run.pieces:
+                    yield sse(
+                        timed({**head, "choices": [_delta(run, {"content": piece})]}, run.outcome)
+                    )
+                if run.outcome.cancelled:
+                    return
+                last = {**head, "choices": [_delta(run, {}, run.outcome.finish_reason)]}
+                if include_usage:
+                    yield sse(last)
+                    last = {**head, "choices": [], "usage": run.outcome.usage()}
+                yield sse({**last, "timings": run.outcome.timings()})
             yield SSE_DONE
 
         return Response.stream(events())
@@ -109,39 +136,38 @@ class Completions:
     def completions(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_object(body)
         params = self._params(request)
-        tokens = self._prompt_tokens(request.get("prompt", ""))
-        outcome = Outcome(prompt_tokens=len(tokens))
-        pieces = generate(self.llm, tokens, params, cancelled, outcome)
+        runs = self._runs(self._prompts(request), request, params, cancelled)
         head = _head("cmpl", "text_completion", params["model"])
 
-        def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
-            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        def choice(run: Run, text: str, finish_reason: str | None) -> dict[str, Any]:
+            return {
+                "text": text,
+                "index": run.index,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
 
         if not request.get("stream"):
-            text = "".join(pieces)
-            return Response.json(
-                200,
-                {
-                    **head,
-                    "choices": [choice(text, outcome.finish_reason)],
-                    "usage": outcome.usage(),
-                    "timings": outcome.timings(),
-                },
-            )
+            choices = [
+                choice(run, text, run.outcome.finish_reason) for run, text in _collected(runs)
+            ]
+            return Response.json(200, {**head, "choices": choices, **_totals(runs)})
         timed = _per_token_timings(request)
 
         def events() -> Iterator[bytes]:
-            for piece in pieces:
-                yield sse(timed({**head, "choices": [choice(piece, None)]}, outcome))
-            if outcome.cancelled:
-                return
-            final = {
-                **head,
-                "choices": [choice("", outcome.finish_reason)],
-                "usage": outcome.usage(),
-                "timings": outcome.timings(),
-            }
-            yield sse(final)
+            for run in runs:
+                for piece in run.pieces:
+                    yield sse(timed({**head, "choices": [choice(run, piece, None)]}, run.outcome))
+                if run.outcome.cancelled:
+                    return
+                yield sse(
+                    {
+                        **head,
+                        "choices": [choice(run, "", run.outcome.finish_reason)],
+                        "usage": run.outcome.usage(),
+                        "timings": run.outcome.timings(),
+                    }
+                )
             yield SSE_DONE
 
         return Response.stream(events())
@@ -151,14 +177,12 @@ class Completions:
     def native(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_object(body)
         params = self._params(request)
-        prompt = request.get("prompt", "")
-        tokens = self._prompt_tokens(prompt)
-        outcome = Outcome(prompt_tokens=len(tokens))
-        pieces = generate(self.llm, tokens, params, cancelled, outcome)
+        runs = self._runs(self._prompts(request), request, params, cancelled)
 
-        def final(content: str) -> dict[str, Any]:
+        def final(run: Run, content: str) -> dict[str, Any]:
+            outcome = run.outcome
             return {
-                "index": 0,
+                "index": run.index,
                 "content": content,
                 "tokens": [],
                 "id_slot": 0,
@@ -166,7 +190,7 @@ class Completions:
                 "model": params["model"],
                 "tokens_predicted": outcome.completion_tokens,
                 "tokens_evaluated": outcome.prompt_tokens,
-                "prompt": prompt if isinstance(prompt, str) else "",
+                "prompt": self.llm.detokenize(run.prompt, special=True).decode(errors="replace"),
                 "truncated": False,
                 "stop_type": "limit" if outcome.finish_reason == "length" else "eos",
                 "stopping_word": "",
@@ -175,25 +199,52 @@ class Completions:
             }
 
         if not request.get("stream"):
-            return Response.json(200, final("".join(pieces)))
+            results = [final(run, text) for run, text in _collected(runs)]
+            if len(runs) == 1 and results:  # one completion answers alone, several as a list
+                return Response.json(200, results[0])
+            return Response.json(200, results)
         timed = _per_token_timings(request)
 
         def events() -> Iterator[bytes]:
-            for piece in pieces:
-                chunk = {
-                    "index": 0,
-                    "content": piece,
-                    "tokens": [],
-                    "stop": False,
-                    "id_slot": 0,
-                    "tokens_predicted": outcome.completion_tokens,
-                    "tokens_evaluated": outcome.prompt_tokens,
-                }
-                yield sse(timed(chunk, outcome))
-            if not outcome.cancelled:
-                yield sse(final(""))  # llama-server ends this stream without [DONE]
+            for run in runs:
+                for piece in run.pieces:
+                    chunk = {
+                        "index": run.index,
+                        "content": piece,
+                        "tokens": [],
+                        "stop": False,
+                        "id_slot": 0,
+                        "tokens_predicted": run.outcome.completion_tokens,
+                        "tokens_evaluated": run.outcome.prompt_tokens,
+                    }
+                    yield sse(timed(chunk, run.outcome))
+                if run.outcome.cancelled:
+                    return
+                yield sse(final(run, ""))  # llama-server ends this stream without [DONE]
 
         return Response.stream(events())
+
+
+def _collected(runs: list[Run]) -> Iterator[tuple[Run, str]]:
+    """Each run's whole text, in turn; none after a cancel."""
+    for run in runs:
+        text = "".join(run.pieces)
+        if run.outcome.cancelled:
+            return
+        yield run, text
+
+
+def _totals(runs: list[Run]) -> dict[str, Any]:
+    """`usage` counts each prompt once and every choice's tokens, as OpenAI does; `timings`
+    are the first choice's, as llama-server gives them."""
+    prompt_tokens = sum(run.outcome.prompt_tokens for run in runs if run.choice == 0)
+    completion_tokens = sum(run.outcome.completion_tokens for run in runs)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return {"usage": usage, "timings": runs[0].outcome.timings()}
 
 
 def _per_token_timings(
@@ -230,8 +281,8 @@ def _head(prefix: str, kind: str, model: str) -> dict[str, Any]:
     }
 
 
-def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def _delta(run: Run, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": run.index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
 def _include_usage(request: dict[str, Any]) -> bool:
