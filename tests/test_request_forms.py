@@ -166,6 +166,36 @@ def test_n_choices_on_completions(server: RouterProcess) -> None:
     assert [result["index"] for result in results] == [0, 1]
 
 
+# --- 4. continue_final_message --------------------------------------------------------------
+
+
+def test_continue_final_message(server: RouterProcess) -> None:
+    """The tiny models have no template of their own: llama.cpp's chatml renders them."""
+    prefill = [*HI, {"role": "assistant", "content": "Wh"}]
+
+    def prompt_tokens(**body: Any) -> int:
+        chat = {"model": "tiny-a", "max_tokens": 1, "messages": prefill, **body}
+        reply = server.post("/v1/chat/completions", chat)
+        assert reply.status_code == 200, reply.text
+        return int(reply.json()["usage"]["prompt_tokens"])
+
+    opened = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nWh"
+    expected = len(tokens(server, opened, add_special=True))
+    assert prompt_tokens(continue_final_message=True, add_generation_prompt=False) == expected
+    assert prompt_tokens() == expected  # llama-server continues a trailing assistant message
+    closed = prompt_tokens(messages=HI, add_generation_prompt=False)
+    assert closed == len(tokens(server, "<|im_start|>user\nhi<|im_end|>\n", add_special=True))
+
+    both = {"model": "tiny-a", "messages": prefill, "continue_final_message": True}
+    for refused in ({**both, "add_generation_prompt": True}, both):  # llama-server's default
+        reply = server.post("/v1/chat/completions", refused)
+        assert reply.status_code == 400
+        message = "Cannot set both add_generation_prompt and continue_final_message to true."
+        assert reply.json()["error"]["message"] == message
+    twice = {"model": "tiny-a", "messages": [*prefill, {"role": "assistant", "content": "x"}]}
+    assert server.post("/v1/chat/completions", twice).status_code == 400
+
+
 # --- 5. context overflow --------------------------------------------------------------------
 
 

@@ -60,6 +60,9 @@ class Message(msgspec.Struct):
 class ChatRequest(Sampling):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool | None = None
+    # true, "content" or "reasoning_content" continue the last message; anything else does not
+    continue_final_message: bool | str | None = None
 
 
 class PromptObject(msgspec.Struct):

@@ -37,7 +37,9 @@ class BuiltinChatFormatter:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, *, messages: list[dict[str, Any]], **_: Any) -> Any:
+    def __call__(
+        self, *, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **_: Any
+    ) -> Any:
         chat = (llama_lib.llama_chat_message * len(messages))(
             *[
                 llama_lib.llama_chat_message(
@@ -48,13 +50,31 @@ class BuiltinChatFormatter:
             ]
         )
         name = self.name.encode()
-        size = llama_lib.llama_chat_apply_template(name, chat, len(messages), True, None, 0)
+        count, add = len(messages), add_generation_prompt
+        size = llama_lib.llama_chat_apply_template(name, chat, count, add, None, 0)
         if size < 0:
             raise ValueError(f"chat template {self.name!r} cannot format these messages")
         buffer = ctypes.create_string_buffer(size + 1)
-        llama_lib.llama_chat_apply_template(name, chat, len(messages), True, buffer, size + 1)
+        llama_lib.llama_chat_apply_template(name, chat, count, add, buffer, size + 1)
         prompt = buffer.raw[:size].decode("utf-8", errors="replace")
         return llama_chat_format.ChatFormatterResponse(prompt=prompt, added_special=False)
+
+
+class JinjaChatFormatter:
+    """A Jinja template. llama-cpp-python's formatter fixes `add_generation_prompt` when it is
+    built, so there is one of each."""
+
+    def __init__(self, template: str, eos: str, bos: str) -> None:
+        self._with_prompt, self._without_prompt = (
+            llama_chat_format.Jinja2ChatFormatter(
+                template, eos_token=eos, bos_token=bos, add_generation_prompt=add
+            )
+            for add in (True, False)
+        )
+
+    def __call__(self, *, add_generation_prompt: bool = True, **kwargs: Any) -> Any:
+        formatter = self._with_prompt if add_generation_prompt else self._without_prompt
+        return formatter(**kwargs)
 
 
 def chat_formatter(
@@ -64,9 +84,9 @@ def chat_formatter(
     if custom:
         if custom in builtin_templates():
             return BuiltinChatFormatter(custom)
-        return llama_chat_format.Jinja2ChatFormatter(custom, eos_token=eos, bos_token=bos)
+        return JinjaChatFormatter(custom, eos, bos)
     own = llm.metadata.get("tokenizer.chat_template")
     if own:
-        return llama_chat_format.Jinja2ChatFormatter(own, eos_token=eos, bos_token=bos)
+        return JinjaChatFormatter(own, eos, bos)
     family = llm.metadata.get("general.architecture", "")
     return BuiltinChatFormatter(FAMILY_TEMPLATES.get(family, FALLBACK_TEMPLATE))

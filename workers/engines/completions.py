@@ -12,7 +12,7 @@ import llama_cpp
 
 from workers.engines.chat_templates import ChatFormatter
 from workers.engines.generation import Outcome, check_context, generate, grammar_for
-from workers.engines.prompts import completion_prompts
+from workers.engines.prompts import completion_prompts, render_chat
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs, stop_list
 from workers.errors import ApiError
@@ -57,7 +57,9 @@ class Completions:
     def _chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:
         messages = [_flatten_content(message) for message in request.get("messages") or []]
         try:
-            formatted = self.formatter(messages=messages, tools=request.get("tools"))
+            formatted = render_chat(self.formatter, messages, request)
+        except ApiError:
+            raise
         except Exception as error:  # a template error is the request's fault
             raise ApiError(400, f"cannot apply the chat template: {error}") from error
         tokens = self.llm.tokenize(

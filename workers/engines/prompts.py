@@ -1,12 +1,15 @@
 """What a request asks to complete, read as llama-server reads it: the `prompt` forms of the
-completion routes."""
+completion routes, and chat messages rendered through the template, the last one continued."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import llama_cpp
+from llama_cpp.llama_chat_format import ChatFormatterResponse
 
+from workers.engines.chat_templates import ChatFormatter
 from workers.engines.generation import checked_tokens
 from workers.errors import ApiError
 
@@ -57,3 +60,40 @@ def _is_token(item: Any) -> bool:
 
 def _tokenize(llm: llama_cpp.Llama, text: str, add_bos: bool) -> list[int]:
     return llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+
+
+def render_chat(
+    formatter: ChatFormatter, messages: list[dict[str, Any]], request: dict[str, Any]
+) -> ChatFormatterResponse:
+    """The messages through the template. A continued last message is rendered as llama.cpp
+    does: the messages before it with the generation prompt, then its content, left open."""
+    continuing, add_generation_prompt = _continuation(messages, request)
+    tools = request.get("tools")
+    if not (continuing and messages):
+        return formatter(
+            messages=messages, tools=tools, add_generation_prompt=add_generation_prompt
+        )
+    formatted = formatter(messages=messages[:-1], tools=tools, add_generation_prompt=True)
+    content = messages[-1].get("content") or ""
+    return dataclasses.replace(formatted, prompt=formatted.prompt + content)
+
+
+def _continuation(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the last message is continued, and whether the generation prompt is added, by
+    llama-server's rules: a trailing assistant message is continued unless the request says
+    how (its --prefill-assistant, on by default)."""
+    asked = request.get("continue_final_message")
+    continuing = asked is True or asked in ("content", "reasoning_content")
+    add_generation_prompt = request.get("add_generation_prompt") is not False
+    last_is_assistant = bool(messages) and messages[-1].get("role") == "assistant"
+    if not continuing and last_is_assistant:
+        if len(messages) >= 2 and messages[-2].get("role") == "assistant":
+            raise ApiError(400, "Cannot have 2 or more assistant messages at the end of the list.")
+        continuing, add_generation_prompt = True, False
+    if continuing and add_generation_prompt:
+        raise ApiError(
+            400, "Cannot set both add_generation_prompt and continue_final_message to true."
+        )
+    if continuing and last_is_assistant and messages[-1].get("tool_calls"):
+        raise ApiError(400, "Cannot continue an assistant message that contains tool calls.")
+    return continuing, add_generation_prompt
