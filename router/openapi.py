@@ -74,6 +74,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "router properties, or a model's own with ?model=",
         params=(Param("model", "query", "a model id or alias"), AUTOLOAD),
     ),
+    ("GET", "/slots"): Operation(
+        "a model's slots, as llama-server lists them",
+        params=(Param("model", "query", "a model id or alias", required=True), AUTOLOAD),
+    ),
     ("GET", "/openapi.json"): Operation("this document"),
     ("GET", "/models"): Operation(
         "the model table", params=(Param("reload", "query", "re-read models dir and presets"),)

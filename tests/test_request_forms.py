@@ -6,6 +6,8 @@ Tiny models generate random bytes: these tests look at shapes, counts and status
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,3 +262,45 @@ def test_timings_per_token_on_a_chat_stream(server: RouterProcess) -> None:
     assert usage["choices"] == [] and usage["timings"]["predicted_n"] <= 10
     pieces = [e for e in events[1:] if e["choices"] and not e["choices"][0]["finish_reason"]]
     assert all("timings" in piece for piece in pieces)
+
+
+# --- 7. a cancelled request -----------------------------------------------------------------
+
+
+def test_a_request_whose_client_left_frees_the_slot(server: RouterProcess) -> None:
+    """llama-server's test_cancel_request, in router mode (`?model=`): a generation without end
+    whose client gives up stops, and the model's slot is free again."""
+    server.post("/models/load", {"model": "slow"})
+    server.wait_status("slow", "loaded")
+
+    def slot() -> dict[str, Any]:
+        reply = server.get("/slots", params={"model": "slow"})
+        assert reply.status_code == 200, reply.text
+        [only] = reply.json()
+        return dict(only)
+
+    assert slot()["is_processing"] is False
+    body = {"model": "slow", "prompt": "I believe the meaning of life is", "logit_bias": NO_EOS}
+    gave_up = threading.Event()
+
+    def impatient() -> None:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            server.post("/completion", body, timeout=1.5)
+        gave_up.set()
+
+    client = threading.Thread(target=impatient)
+    client.start()
+    assert _within(1.5, lambda: slot()["is_processing"])
+    client.join()
+    assert gave_up.is_set()
+    assert _within(2.0, lambda: not slot()["is_processing"])
+    assert server.post("/completion", {**body, "n_predict": 2}, timeout=10).status_code == 200
+
+
+def _within(seconds: float, condition: Any) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from router.routes.common import json_response, query_flag, router_state
 from router.state import find_model
-from router.supervisor import Status
+from router.supervisor import Model, Status
 from workers.errors import ApiError
 
 HEALTHY = b'{"status":"ok"}'
@@ -49,14 +49,7 @@ async def props(request: Request) -> Response:
 
 async def model_props(request: Request, name: str) -> Response:
     """A model's own props, from what its worker reported; asking never wakes a sleeping one."""
-    state = router_state(request)
-    model = find_model(state, name)
-    if model is None:
-        raise ApiError(400, f"model '{name}' not found")
-    if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
-        autoload = query_flag(request, "autoload", state.config.models_autoload)
-        lease = await state.supervisor.acquire(model, autoload, touch=False)
-        state.supervisor.release(lease)
+    model = await _started_model(request, name)
     info = model.info or {}
     return json_response(
         {
@@ -74,6 +67,37 @@ async def model_props(request: Request, name: str) -> Response:
     )
 
 
+async def slots(request: Request) -> Response:
+    """A model's slots as llama-server lists them: here one, processing until its worker has
+    let go of the model's last request (a cancelled one included)."""
+    name = request.query_params.get("model")
+    if not name:
+        raise ApiError(400, "model name is missing from the request")
+    model = await _started_model(request, name)
+    info = model.info or {}
+    slot = {
+        "id": 0,
+        "n_ctx": info.get("n_ctx", 0),
+        "speculative": False,
+        "is_processing": model.in_flight > 0,
+    }
+    return json_response([slot])
+
+
+async def _started_model(request: Request, name: str) -> Model:
+    """The model, started first if it has not reported its info (`?autoload=` as for a POST);
+    a sleeping one stays asleep."""
+    state = router_state(request)
+    model = find_model(state, name)
+    if model is None:
+        raise ApiError(400, f"model '{name}' not found")
+    if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
+        autoload = query_flag(request, "autoload", state.config.models_autoload)
+        lease = await state.supervisor.acquire(model, autoload, touch=False)
+        state.supervisor.release(lease)
+    return model
+
+
 async def openapi(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
@@ -83,4 +107,5 @@ routes = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/health", health, methods=["GET"]),
     Route("/props", props, methods=["GET"]),
+    Route("/slots", slots, methods=["GET"]),
 ]
