@@ -1,5 +1,8 @@
 """Model sources: `--models-dir`, `--models-preset`, the cache dir and the bundled default.
 
+The cache dir holds llama-server's hub layout (router/hf_cache.py) and, from earlier versions,
+`models/<name>/` folders; both are listed with source `cache`.
+
 Builds the table of known models (ids, aliases, tags, files and merged settings) from scratch on
 every call; the supervisor compares tables to reload.
 """
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from router import hf_cache
 from router.config import RouterConfig, parse_bool
 from router.presets import Presets, split_list
 from workers.download import MANIFEST
@@ -118,6 +122,8 @@ def build_catalog(
     cache_models = Path(config.cache_dir) / CACHE_MODELS_DIR
     for files in scan_models_dir(cache_models):
         found[files.id] = ("cache", files)
+    for cached in hf_cache.list_cached_models(config.cache_dir):
+        found[cached.id] = ("cache", FoundFiles(cached.id, cached.path, cached.mmproj))
     if bundled is not None:
         found.setdefault(bundled.id, ("cache", bundled))
     if config.models_dir:

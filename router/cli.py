@@ -11,15 +11,14 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from tqdm import tqdm
 
 from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
-from router.downloads import resolve
+from router.downloads import download_with_bars, resolve
 from router.http_limits import bounded_head_protocol
 from router.presets import PresetError, split_list
 from router.state import RouterState
-from workers.download import DownloadError, Progress, download
+from workers.download import DownloadError
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
@@ -228,25 +227,11 @@ def pull(argv: Sequence[str]) -> int:
     except ApiError as error:
         print(f"llama-router pull: {error.message}", file=sys.stderr)
         return 1
-    bars: dict[str, tqdm] = {}
-
-    def show(progress: Progress) -> None:
-        bar = bars.get(progress.url)
-        if bar is None:
-            name = progress.url.rsplit("/", 1)[-1]
-            bar = bars[progress.url] = tqdm(
-                total=progress.total, unit="B", unit_scale=True, desc=name
-            )
-        bar.update(progress.done - bar.n)
-
     try:
-        download(job, show)
+        download_with_bars(job)
     except DownloadError as error:
         print(f"llama-router pull: {error}", file=sys.stderr)
         return 1
-    finally:
-        for bar in bars.values():
-            bar.close()
     print(f"{job.model_id} is in {job.folder}")
     return 0
 
