@@ -94,6 +94,8 @@ class Download:
     status: str = "downloading"
     progress: dict[str, dict[str, int]] = field(default_factory=dict)
     last_event: float = 0.0
+    reason: str = ""  # why it failed
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def model_id(self) -> str:
@@ -128,6 +130,16 @@ class Downloads:
         log.info("downloading %s into %s", job.model_id, job.folder)
         self._publish(job.model_id, "model_status", {"status": "downloading"})
 
+    async def fetch(self, job: DownloadJob) -> None:
+        """Start `job`, or join the same download already under way, and wait for its end."""
+        download = self._active.get(job.model_id)
+        if download is None or download.status == "failed":
+            self.start(job)
+            download = self._active[job.model_id]
+        await download.ended.wait()
+        if download.status == "failed":
+            raise ApiError(500, f"cannot download {job.model_id}: {download.reason}")
+
     def _read(self, download: Download) -> None:
         try:
             while download.conn.poll():
@@ -147,6 +159,7 @@ class Downloads:
                     self._publish(download.model_id, "download_progress", data)
             case Finished():
                 download.status = "downloaded"
+                download.ended.set()
                 log.info("downloaded %s", download.model_id)
                 self._publish(download.model_id, "download_finished")
             case Failed():
@@ -156,6 +169,8 @@ class Downloads:
         if download.status != "downloading":
             return
         download.status = "failed"
+        download.reason = reason
+        download.ended.set()
         log.warning("download of %s failed: %s", download.model_id, reason)
         self._publish(download.model_id, "download_failed", {"message": reason})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from router import hub
 from router.catalog import FoundFiles, build_catalog, bundled_default
 from router.config import RouterConfig
 from router.downloads import Downloads
@@ -52,6 +53,29 @@ def find_model(state: RouterState, name: str) -> Model | None:
         reload_catalog(state)
         model = state.supervisor.find(name)
     return model
+
+
+async def with_files(state: RouterState, model: Model) -> Model:
+    """A preset whose `hf-repo` is not in the cache yet gets it now, as llama-server's model
+    instance fetches its `-hf` on its first start; then the model as the catalog has it."""
+    spec = model.spec
+    if spec.path is not None or spec.hf_repo is None:
+        return model
+    failed = f"model name={model.id} failed to load"
+    try:
+        found = await asyncio.to_thread(
+            hub.plan, spec.hf_repo, spec.hf_file, state.config.cache_dir
+        )
+        if found.preset is not None:
+            raise ApiError(500, f"{spec.hf_repo} holds presets, not a model")
+        await state.downloads.fetch(found.job)
+    except ApiError as error:
+        raise ApiError(500, f"{failed}: {error.message}") from error
+    reload_catalog(state)
+    fresh = state.supervisor.find(model.id)
+    if fresh is None or fresh.spec.path is None:
+        raise ApiError(500, f"{failed}: {spec.hf_repo} is not in the cache after its download")
+    return fresh
 
 
 def build_state(config: RouterConfig) -> RouterState:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.routes.common import json_response, query_flag, router_state
-from router.state import find_model
+from router.state import find_model, with_files
 from router.supervisor import Status
 from workers.errors import ApiError
 
@@ -55,6 +55,8 @@ async def model_props(request: Request, name: str) -> Response:
         raise ApiError(400, f"model '{name}' not found")
     if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
         autoload = query_flag(request, "autoload", state.config.models_autoload)
+        if autoload:
+            model = await with_files(state, model)
         lease = await state.supervisor.acquire(model, autoload, touch=False)
         state.supervisor.release(lease)
     info = model.info or {}
