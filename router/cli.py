@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from types import FrameType
 
 import uvicorn
 
+from router import single_model
 from router.app import create_app
 from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
 from router.downloads import download_with_bars, resolve
@@ -155,8 +157,17 @@ def _is_number(token: str) -> bool:
     return True
 
 
+_HF_SHORT = re.compile(r"^-hf[a-z]*$")
+
+
+def _unshadowed(argv: Sequence[str]) -> list[str]:
+    """argparse reads `-hf` as `-h f`: llama-server's `-hf`, `-hfr`, `-hff`... go in long form."""
+    return [f"--{canonical_key(token)}" if _HF_SHORT.match(token) else token for token in argv]
+
+
 def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
-    args, rest = build_parser().parse_known_args(argv)
+    tokens = _unshadowed(sys.argv[1:] if argv is None else argv)
+    args, rest = build_parser().parse_known_args(tokens)
     keys = [key.strip() for key in (args.api_key or "").split(",") if key.strip()]
     if args.api_key_file:
         keys += [
@@ -242,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pull(arguments[1:])
     try:
         config = config_from_args(argv)
+        single_model.prepare(config)  # `-hf`: its model is fetched before the server starts
     except (UsageError, OSError, ValueError) as error:
         print(f"llama-router: {error}", file=sys.stderr)
         return 2

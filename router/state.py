@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from router import hub
-from router.catalog import FoundFiles, build_catalog, bundled_default
+from router import hub, single_model
+from router.catalog import FoundFiles, ModelSpec, build_catalog, bundled_default
 from router.config import RouterConfig
 from router.downloads import Downloads
 from router.events import EventHub
@@ -43,7 +43,16 @@ def reload_catalog(state: RouterState) -> None:
         state.presets = load_presets(state.config.models_preset)
     except PresetError as error:
         raise ApiError(500, str(error)) from error
-    state.supervisor.reload(build_catalog(state.config, state.presets, state.bundled))
+    state.supervisor.reload(catalog(state.config, state.presets, state.bundled))
+
+
+def catalog(
+    config: RouterConfig, presets: Presets, bundled: FoundFiles | None
+) -> dict[str, ModelSpec]:
+    """The one model of `-m`/`-hf`, else every model of every source."""
+    if single_model.requested(config):
+        return single_model.catalog(config)
+    return build_catalog(config, presets, bundled)
 
 
 def find_model(state: RouterState, name: str) -> Model | None:
@@ -78,12 +87,25 @@ async def with_files(state: RouterState, model: Model) -> Model:
     return fresh
 
 
+def model_for_request(state: RouterState, name: str | None) -> Model | None:
+    """The model a request names. Naming none, it gets the only model listed, if there is one;
+    serving one model as `llama-server -m` does, any name gets that model (llama-server does not
+    look at the name then)."""
+    model = find_model(state, name) if name else None
+    if model is not None:
+        return model
+    listed = [model for model in state.supervisor.models.values() if not model.spec.hidden]
+    if len(listed) == 1 and (not name or single_model.requested(state.config)):
+        return listed[0]
+    return None
+
+
 def build_state(config: RouterConfig) -> RouterState:
     presets = load_presets(config.models_preset)
     bundled = None
-    if not config.models_dir and not config.models_preset:
+    if not (config.models_dir or config.models_preset or single_model.requested(config)):
         bundled = bundled_default(config.cache_dir)
-    specs = build_catalog(config, presets, bundled)
+    specs = catalog(config, presets, bundled)
     check_startup(specs, config)
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
     supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)

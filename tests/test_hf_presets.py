@@ -1,5 +1,5 @@
-"""Presets that name their model by `hf-repo`: from the cache, fetched on first load, and
-`dedup-cache-models` (llama-server's test_router.py case)."""
+"""Presets that name their model by `hf-repo`: from the cache, fetched on first load, from a
+remote `preset.ini`, and `dedup-cache-models` (llama-server's test_router.py cases)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def hub(models_dir: Path) -> Iterator[FakeHub]:
 def ids(server: RouterProcess, reload: bool = False) -> set[str]:
     query = "?reload=1" if reload else ""
     return {entry["id"] for entry in server.get("/models" + query).json()["data"]}
+
+
+def test_remote_preset_lists_its_presets_and_loads_one(router, hub: FakeHub) -> None:
+    server = router("-hf", PRESET_REPO, env={"HF_ENDPOINT": hub.url})
+    assert {"tiny-preset", "stories-test"} <= ids(server)
+    assert server.post("/models/load", {"model": "tiny-preset"}).json() == {"success": True}
+    entry = server.wait_status("tiny-preset", "loaded")
+    assert entry["source"] == "preset"
+    assert "--ctx-size" in entry["status"]["args"]
+    reply = server.post(
+        "/v1/completions", {"model": "stories-test", "prompt": "x", "max_tokens": 2}
+    )
+    assert reply.status_code == 200, reply.text
 
 
 def test_preset_hf_repo_is_served_from_the_cache(router, models_dir: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import single_model
 from router.routes.common import json_response, query_flag, router_state
 from router.state import find_model, with_files
 from router.supervisor import Status
@@ -29,9 +30,11 @@ async def health(request: Request) -> Response:
 
 async def props(request: Request) -> Response:
     name = request.query_params.get("model")
+    config = router_state(request).config
+    if not name and single_model.requested(config):
+        name = next(iter(router_state(request).supervisor.models))  # as llama-server -m answers
     if name:
         return await model_props(request, name)
-    config = router_state(request).config
     return json_response(
         {
             "role": "router",
