@@ -43,10 +43,6 @@ def token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-class HubUnreachable(ApiError):
-    """No answer from the hub at all (offline): a caller may fall back to the cache."""
-
-
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
@@ -120,7 +116,7 @@ def _get_json(address: str, auth: str | None) -> Any:
     try:
         reply = requests.get(address, headers=headers, timeout=30)
     except requests.RequestException as error:
-        raise HubUnreachable(400, f"{VALIDATION_FAILED}: {error}") from error
+        raise ApiError(400, f"{VALIDATION_FAILED}: {error}") from error
     if reply.status_code != 200:
         raise ApiError(400, f"{VALIDATION_FAILED}: the hub answered {reply.status_code}")
     try:

@@ -44,13 +44,13 @@ def prepare(config: RouterConfig) -> None:
     name = flags.get(HF_REPO)
     if not name or flags.get(MODEL):
         return
+    hub_problem = "offline"
     if not parse_bool(flags.get("offline", "false")):
         try:
             found = hub.plan(name, flags.get(HF_FILE), config.cache_dir)
-        except hub.HubUnreachable as error:
-            log.warning("%s; looking for %s in the cache", error.message, name)
-        except ApiError as error:
-            raise StartupError(f"{name}: {error.message}") from error
+        except ApiError as error:  # as llama-server: whatever the hub says, the cache may do
+            hub_problem = error.message
+            log.warning("%s: %s; looking in the cache", name, hub_problem)
         else:
             try:
                 download_with_bars(found.job)
@@ -59,10 +59,10 @@ def prepare(config: RouterConfig) -> None:
             if found.preset is not None:
                 _use_remote_preset(config, found.preset, name)
             return
-    _use_cache(config, name)
+    _use_cache(config, name, hub_problem)
 
 
-def _use_cache(config: RouterConfig, name: str) -> None:
+def _use_cache(config: RouterConfig, name: str, hub_problem: str) -> None:
     try:
         repo, _ = hf_cache.split_repo_tag(name)
     except hf_cache.CacheError as error:
@@ -72,7 +72,8 @@ def _use_cache(config: RouterConfig, name: str) -> None:
     if preset is not None:
         _use_remote_preset(config, str(preset.local), name)
     elif hf_cache.resolve_cached(config.cache_dir, name, config.model_flags.get(HF_FILE)) is None:
-        raise StartupError(f"{name} is not in the cache ({config.cache_dir}) and cannot be fetched")
+        where = f"the cache ({config.cache_dir})"
+        raise StartupError(f"{name} is not in {where} and cannot be fetched: {hub_problem}")
 
 
 def _use_remote_preset(config: RouterConfig, path: str, repo: str) -> None:

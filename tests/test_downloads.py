@@ -89,7 +89,7 @@ def test_checksum_mismatch_fails_and_lists_nothing(server, tmp_path: Path) -> No
     assert "sha256 mismatch" in failed["data"]["message"]
     assert "acme/bad-GGUF:Q4_K_M" not in listed(server)
     repo = tmp_path / "cache" / "models--acme--bad-GGUF"
-    assert not list(repo.rglob("*")) or not [p for p in repo.rglob("*") if p.is_file()]
+    assert not [path for path in repo.rglob("*") if path.is_file()]
 
 
 def test_cancel_with_unload_keeps_the_partial(

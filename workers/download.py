@@ -182,6 +182,8 @@ def _link(blob: Path, entry: Path) -> None:
     itself moves there (llama-server's fallback too)."""
     if entry.exists():
         return
+    if entry.is_symlink():
+        entry.unlink()  # a link whose blob is gone: the blob is back now
     entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         entry.symlink_to(os.path.relpath(blob, entry.parent))
