@@ -117,8 +117,6 @@ def _find(request: Request, name: str, unknown_status: int) -> Model:
 
 async def load_model(request: Request) -> Response:
     model = _find(request, await _model_name(request), 404)
-    if model.status.running:
-        raise ApiError(400, "model is already running")
     model = await with_files(router_state(request), model)
     await router_state(request).supervisor.load(model)
     if model.failed and model.status is Status.UNLOADED:
