@@ -12,18 +12,25 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from tqdm import tqdm
 
+from router import single_model
 from router.app import create_app
 from router.config import RouterConfig, default_cache_dir, parse_bool
-from router.downloads import resolve
-from router.flags import ENV_NAMES, UsageError, canonical_key, parse_model_flags, unapplied
+from router.downloads import download_with_bars, resolve
+from router.flags import (
+    ENV_NAMES,
+    UsageError,
+    canonical_key,
+    long_spellings,
+    parse_model_flags,
+    unapplied,
+)
 from router.http_limits import bounded_head_protocol
 from router.model_settings import model_settings
 from router.presets import PresetError, split_list
 from router.routes.ops import build_info
 from router.state import RouterState
-from workers.download import DownloadError, Progress, download
+from workers.download import DownloadError
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
@@ -156,8 +163,9 @@ def _model_flags_from_env(router_keys: set[str]) -> dict[str, str]:
 
 def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
     option_strings = [option for action in parser._actions for option in action.option_strings]
+    tokens = long_spellings(sys.argv[1:] if argv is None else argv, option_strings)
+    args, rest = parser.parse_known_args(tokens)
     router_keys = _router_flag_keys(parser)
     model_flags = {
         **_model_flags_from_env(router_keys),
@@ -194,7 +202,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,
         model_flags=model_flags,
-        unapplied_flags=unapplied(model_flags, router_keys),
+        unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS),
     )
 
 
@@ -240,25 +248,11 @@ def pull(argv: Sequence[str]) -> int:
     except ApiError as error:
         print(f"llama-router pull: {error.message}", file=sys.stderr)
         return 1
-    bars: dict[str, tqdm] = {}
-
-    def show(progress: Progress) -> None:
-        bar = bars.get(progress.url)
-        if bar is None:
-            name = progress.url.rsplit("/", 1)[-1]
-            bar = bars[progress.url] = tqdm(
-                total=progress.total, unit="B", unit_scale=True, desc=name
-            )
-        bar.update(progress.done - bar.n)
-
     try:
-        download(job, show)
+        download_with_bars(job)
     except DownloadError as error:
         print(f"llama-router pull: {error}", file=sys.stderr)
         return 1
-    finally:
-        for bar in bars.values():
-            bar.close()
     print(f"{job.model_id} is in {job.folder}")
     return 0
 
@@ -269,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pull(arguments[1:])
     try:
         config = config_from_args(argv)
+        single_model.prepare(config)  # `-hf`: its model is fetched before the server starts
         sockets = listen_sockets(config.hosts, config.port)
     except (UsageError, OSError, ValueError) as error:
         print(f"llama-router: error: {error}", file=sys.stderr)

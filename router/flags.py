@@ -121,6 +121,22 @@ def preset_value(raw_key: str, value: str) -> tuple[str, str]:
     return canonical_key(raw_key), value
 
 
+def long_spellings(argv: Sequence[str], router_options: Iterable[str]) -> list[str]:
+    """llama-server's short spellings in their long form: argparse would read `-hf` as `-h f`
+    and `-hfd` as `-h -f -d`."""
+    own = set(router_options)
+    tokens = []
+    for token in argv:
+        spelling, equals, value = token[1:].partition("=")
+        short = token.startswith("-") and not token.startswith("--") and token not in own
+        if short and spelling in LLAMA_SERVER_FLAGS:
+            token = f"--{LLAMA_SERVER_FLAGS[spelling].name}{equals}{value}"
+        elif short and spelling in NEGATED_FLAGS:
+            token = f"--{spelling}{equals}{value}"
+        tokens.append(token)
+    return tokens
+
+
 def parse_model_flags(tokens: Sequence[str], known_elsewhere: Iterable[str] = ()) -> dict[str, str]:
     """The llama-server flags argparse left over: `--key value`, `--key=value`, `--flag` and
     `--no-flag`. A flag takes as many values as llama-server's; an unknown one raises."""

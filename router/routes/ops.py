@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import single_model
 from router.flags import unapplied
 from router.routes.common import json_response, query_flag, router_state
-from router.state import find_model
+from router.state import find_model, with_files
 from router.supervisor import Status
 from workers.errors import ApiError
 
@@ -30,9 +31,11 @@ async def health(request: Request) -> Response:
 
 async def props(request: Request) -> Response:
     name = request.query_params.get("model")
+    config = router_state(request).config
+    if not name and single_model.requested(config):
+        name = next(iter(router_state(request).supervisor.models))  # as llama-server -m answers
     if name:
         return await model_props(request, name)
-    config = router_state(request).config
     return json_response(
         {
             "role": "router",
@@ -57,6 +60,8 @@ async def model_props(request: Request, name: str) -> Response:
         raise ApiError(400, f"model '{name}' not found")
     if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
         autoload = query_flag(request, "autoload", state.config.models_autoload)
+        if autoload:
+            model = await with_files(state, model)
         lease = await state.supervisor.acquire(model, autoload, touch=False)
         state.supervisor.release(lease)
     info = model.info or {}
