@@ -1,4 +1,9 @@
-"""A Hugging Face compatible hub on 127.0.0.1: repo listings, files with Range, planned failures."""
+"""A Hugging Face compatible hub on 127.0.0.1: repo listings, files with Range, planned failures.
+
+It answers what llama-router's downloader asks (`/api/models/{repo}/tree/main`, `/{repo}/resolve/
+main/{file}`) and what llama.cpp's asks too: `/api/models/{repo}/refs` for the commit of `main`,
+the tree and the files at that commit, and a HEAD of each file for its size and ETag.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 CHUNK = 32 * 1024
+
+
+def commit_of(repo: str) -> str:
+    """A stable 40-hex commit id per repo (llama.cpp checks the shape)."""
+    return hashlib.sha1(repo.encode()).hexdigest()
 
 
 class FakeHub:
@@ -27,7 +37,10 @@ class FakeHub:
                 pass
 
             def do_GET(self) -> None:
-                hub.serve(self)
+                hub.serve(self, with_body=True)
+
+            def do_HEAD(self) -> None:
+                hub.serve(self, with_body=False)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -43,42 +56,60 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def serve(self, request: BaseHTTPRequestHandler) -> None:
+    def serve(self, request: BaseHTTPRequestHandler, with_body: bool) -> None:
         path = unquote(urlparse(request.path).path)
-        if path.startswith("/api/models/") and "/tree/" in path:
-            repo = path[len("/api/models/") :].split("/tree/")[0]
-            listing = [
-                {
-                    "type": "file",
-                    "path": key[len(repo) + 1 :],
-                    "size": len(data),
-                    "lfs": {"oid": self.listed_sha[key], "size": len(data)},
-                }
-                for key, data in self.files.items()
-                if key.startswith(repo + "/")
-            ]
-            if not listing:
-                return _reply(request, 404, b'{"error": "Repository not found"}')
-            return _reply(request, 200, json.dumps(listing).encode())
-        if "/resolve/main/" in path:
-            repo, _, name = path.strip("/").partition("/resolve/main/")
-            return self._send_file(request, f"{repo}/{name}")
+        parts = path.strip("/").split("/")
+        if path.startswith("/api/models/"):
+            return self._api(request, parts[2:])
+        if len(parts) > 4 and parts[2] == "resolve":  # /{owner}/{name}/resolve/{rev}/{file}
+            repo, name = "/".join(parts[:2]), "/".join(parts[4:])
+            return self._send_file(request, f"{repo}/{name}", with_body)
         if path.startswith("/direct/"):
-            return self._send_file(request, path[len("/direct/") :])
+            return self._send_file(request, path[len("/direct/") :], with_body)
         _reply(request, 404, b"not found")
 
-    def _send_file(self, request: BaseHTTPRequestHandler, key: str) -> None:
+    def _api(self, request: BaseHTTPRequestHandler, parts: list[str]) -> None:
+        """`{owner}/{name}/refs` and `{owner}/{name}/tree/{rev}` (any rev: one commit per repo)."""
+        repo = "/".join(parts[:2])
+        if not any(key.startswith(repo + "/") for key in self.files):
+            return _reply(request, 404, b'{"error": "Repository not found"}')
+        if parts[2:3] == ["refs"]:
+            branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": commit_of(repo)}
+            return _reply(request, 200, json.dumps({"branches": [branch]}).encode())
+        if parts[2:3] == ["tree"]:
+            return _reply(request, 200, json.dumps(self._listing(repo)).encode())
+        _reply(request, 404, b'{"error": "not found"}')
+
+    def _listing(self, repo: str) -> list[dict[str, object]]:
+        return [
+            {
+                "type": "file",
+                "path": key[len(repo) + 1 :],
+                "size": len(data),
+                "oid": hashlib.sha1(data).hexdigest(),
+                "lfs": {"oid": self.listed_sha[key], "size": len(data)},
+            }
+            for key, data in self.files.items()
+            if key.startswith(repo + "/")
+        ]
+
+    def _send_file(self, request: BaseHTTPRequestHandler, key: str, with_body: bool) -> None:
         data = self.files.get(key)
         if data is None:
             return _reply(request, 404, b"not found")
-        wanted = request.headers.get("Range")
-        self.ranges.append((key, wanted))
+        wanted = request.headers.get("Range") if with_body else None
+        if with_body:
+            self.ranges.append((key, wanted))
         start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
         request.send_response(206 if wanted else 200)
         request.send_header("Content-Length", str(len(data) - start))
+        request.send_header("Accept-Ranges", "bytes")
+        request.send_header("ETag", f'"{self.listed_sha[key]}"')
         if wanted:
             request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         request.end_headers()
+        if not with_body:
+            return
         cut = self.fail_once_after.pop(key, None)
         end = len(data) if cut is None else start + cut
         for offset in range(start, end, CHUNK):
@@ -98,4 +129,5 @@ def _reply(request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
     request.send_header("Content-Type", "application/json")
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
-    request.wfile.write(body)
+    if request.command != "HEAD":
+        request.wfile.write(body)

@@ -21,11 +21,17 @@ def write_tiny_llama(
     feed_forward: int = 128,
     context: int = 4096,
     pooling: int | None = None,
+    shards: int = 1,
 ) -> Path:
-    """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`)."""
+    """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`).
+
+    With `shards` > 1 it is written as `<stem>-00001-of-0000N.gguf` … and the first is returned.
+    """
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    tensor_count = 3 + 9 * blocks
+    per_shard = -(-tensor_count // shards) if shards > 1 else 0
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=per_shard)
     writer.add_name(path.stem)
     writer.add_context_length(context)
     writer.add_embedding_length(embedding)
@@ -70,7 +76,7 @@ def write_tiny_llama(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return path if shards <= 1 else path.with_name(f"{path.stem}-00001-of-{shards:05d}.gguf")
 
 
 def write_slow_llama(path: Path, seed: int = 0) -> Path:
