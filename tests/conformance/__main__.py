@@ -112,8 +112,6 @@ def run_tests(
         "PYTHONPATH": str(PLUGIN_DIR),
         "NO_PROXY": "127.0.0.1,localhost",
     }
-    if name == "llama-router" and args.seed_router_cache:
-        seed_cache(binary, env)
     junit = folder / "junit.xml"
     command = [
         str(python), "-m", "pytest", "-p", "conformance_patches", "-v", "-rA",
@@ -123,6 +121,8 @@ def run_tests(
     ]  # fmt: skip
     log = folder / "pytest.log"
     print(f"== {name}: {binary}\n   log: {log}", flush=True)
+    if name == "llama-router" and args.seed_router_cache:
+        seed_cache(binary, env)
     started = time.monotonic()
     with log.open("wb") as output:
         subprocess.run(command, cwd=tests, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -144,9 +144,12 @@ def previous_run(name: str, tests: set[str]) -> Run | None:
 
 
 def seed_cache(router: Path, env: dict[str, str]) -> None:
+    print(f"   --seed-router-cache: pulling {', '.join(CACHE_IDS)}", flush=True)
     for model_id in CACHE_IDS:
         pull = [str(router), "pull", model_id, "--cache-dir", env["LLAMA_CACHE"]]
-        subprocess.run(pull, env=env, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(pull, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"llama-router pull {model_id} failed: {done.stderr.strip()}")
 
 
 def summarize(files: list[str], router: Run | None, server: Run | None) -> int:
