@@ -6,7 +6,7 @@ ARGS ?=
 # llama-cpp-python compiles from source; pip keeps the built wheel in its cache for the next venv.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install install-test run test lint bench soak fuzz clean
+.PHONY: install install-test run test lint bench soak fuzz conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ fuzz: install-test
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)
+
+# llama.cpp's own server tests (from the pinned llama-cpp-python sdist) against llama-router and
+# llama-server, with models from a local hub; scratch files in build/conformance/.
+conformance: install-test
+	$(BIN)/python -m tests.conformance $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

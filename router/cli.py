@@ -201,6 +201,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,
+        debug_fake_timing=bool(os.environ.get("LLAMA_SERVER_DEBUG_FAKE_TIMING")),
         model_flags=model_flags,
         unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS),
     )

@@ -52,6 +52,8 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     max_header_bytes: int = 64 * 1024
     stop_timeout: float = 10.0
     log_level: str = "info"
+    # LLAMA_SERVER_DEBUG_FAKE_TIMING: slow loads and requests down on purpose, for tests
+    debug_fake_timing: bool = False
     # llama-server model flags given on the command line: defaults for every model
     model_flags: dict[str, str] = {}
     # llama-server flags given that nothing here honours (warned about at start, in /props)

@@ -51,6 +51,9 @@ from workers.protocol import (
 log = logging.getLogger("llama-router")
 
 _TICK_SECONDS = 1.0
+# LLAMA_SERVER_DEBUG_FAKE_TIMING (a test hook of llama-server's router): how long each model load
+# waits before it starts, and each request counts as in flight before it is sent.
+FAKE_TIMING_SECONDS = 2.0
 
 
 class Status(enum.Enum):
@@ -247,7 +250,23 @@ class Supervisor:
 
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
+        lease = await self._wait_for_lease(model, autoload, touch)
+        if self.config.debug_fake_timing:
+            await self._hold_busy(lease)
+        return lease
+
+    async def _hold_busy(self, lease: Lease) -> None:
+        """LLAMA_SERVER_DEBUG_FAKE_TIMING, as llama-server's router: a request counts as in
+        flight for a while before it is sent, so tests can keep a model busy with a quick one."""
+        try:
+            await asyncio.sleep(FAKE_TIMING_SECONDS)
+        except BaseException:
+            self.release(lease)  # the client left meanwhile
+            raise
+
+    async def _wait_for_lease(self, model: Model, autoload: bool, touch: bool) -> Lease:
         failed_loads = model.failed_loads
+        load_delay_due = self.config.debug_fake_timing
         ready = model.status in (Status.LOADED, Status.SLEEPING)
         if not ready and model.wanted >= self.config.max_waiting_per_model:
             raise ApiError(503, f"too many requests waiting for model {model.id}, try again later")
@@ -272,6 +291,10 @@ class Supervisor:
                         raise ApiError(400, "model is not loaded")
                     if model not in self.queue:  # checked once, by the waiter who queues it
                         self._refuse_if_unloadable(model)
+                        if load_delay_due:  # fake timing: the load starts later, as there
+                            load_delay_due = False
+                            await asyncio.sleep(FAKE_TIMING_SECONDS)
+                            continue
                         self.queue.append(model)
                     self._pump()
                     if model.version != seen:
@@ -305,6 +328,8 @@ class Supervisor:
 
     async def load(self, model: Model) -> None:
         """POST /models/load: start now, evicting the LRU idle model at the cap; 503 if none."""
+        if self.config.debug_fake_timing:  # before anything else, as llama-server's load()
+            await asyncio.sleep(FAKE_TIMING_SECONDS)
         if model.status.running:
             raise ApiError(400, "model is already running")
         self._refuse_if_unloadable(model)

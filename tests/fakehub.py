@@ -96,10 +96,11 @@ class FakeHub:
         data = self.files.get(key)
         if data is None:
             return _reply(request, 404, b"not found")
-        if head:
+        if head:  # llama.cpp's downloader asks for the size and the ETag first
             request.send_response(200)
             request.send_header("Content-Length", str(len(data)))
             request.send_header("Accept-Ranges", "bytes")
+            request.send_header("ETag", f'"{self.listed_sha[key]}"')
             request.end_headers()
             return
         wanted = request.headers.get("Range")
@@ -107,6 +108,8 @@ class FakeHub:
         start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
         request.send_response(206 if wanted else 200)
         request.send_header("Content-Length", str(len(data) - start))
+        request.send_header("Accept-Ranges", "bytes")
+        request.send_header("ETag", f'"{self.listed_sha[key]}"')
         if wanted:
             request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         request.end_headers()
@@ -129,4 +132,5 @@ def _reply(request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
     request.send_header("Content-Type", "application/json")
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
-    request.wfile.write(body)
+    if request.command != "HEAD":
+        request.wfile.write(body)

@@ -21,11 +21,20 @@ def write_tiny_llama(
     feed_forward: int = 128,
     context: int = 4096,
     pooling: int | None = None,
+    shards: int = 1,
+    pieces: tuple[str, ...] = (),
 ) -> Path:
-    """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`)."""
+    """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`).
+
+    With `shards` > 1 it is written as `<stem>-00001-of-0000N.gguf` … and the first is returned.
+    `pieces` are extra normal tokens after the bytes: `("▁",)` makes a space one token that
+    detokenizes back to a space, as in a real SentencePiece vocabulary.
+    """
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    tensor_count = 3 + 9 * blocks
+    per_shard = -(-tensor_count // shards) if shards > 1 else 0
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=per_shard)
     writer.add_name(path.stem)
     writer.add_context_length(context)
     writer.add_embedding_length(embedding)
@@ -40,9 +49,10 @@ def write_tiny_llama(
         writer.add_pooling_type(gguf.PoolingType(pooling))
     writer.add_tokenizer_model("llama")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(BYTE_TOKENS)]
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * VOCAB)
-    writer.add_token_types([2, 3, 3] + [6] * BYTE_TOKENS)
+    vocab = VOCAB + len(pieces)
+    writer.add_token_list([*tokens, *pieces])
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_types([2, 3, 3] + [6] * BYTE_TOKENS + [1] * len(pieces))
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(EOS_TOKEN)
     writer.add_unk_token_id(0)
@@ -54,9 +64,9 @@ def write_tiny_llama(
     def ones(name: str, size: int) -> None:
         writer.add_tensor(name, np.ones(size, dtype=np.float32))
 
-    tensor("token_embd.weight", VOCAB, embedding, scale=1.0)
+    tensor("token_embd.weight", vocab, embedding, scale=1.0)
     ones("output_norm.weight", embedding)
-    tensor("output.weight", VOCAB, embedding, scale=0.5)
+    tensor("output.weight", vocab, embedding, scale=0.5)
     for block in range(blocks):
         prefix = f"blk.{block}"
         ones(f"{prefix}.attn_norm.weight", embedding)
@@ -70,7 +80,7 @@ def write_tiny_llama(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return path if shards <= 1 else path.with_name(f"{path.stem}-00001-of-{shards:05d}.gguf")
 
 
 def write_slow_llama(path: Path, seed: int = 0) -> Path:
