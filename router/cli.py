@@ -5,28 +5,35 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from tqdm import tqdm
 
+from router import single_model
 from router.app import create_app
-from router.config import BOOLEAN_FLAGS, RouterConfig, canonical_key, default_cache_dir, parse_bool
-from router.downloads import resolve
+from router.config import RouterConfig, default_cache_dir, parse_bool
+from router.downloads import download_with_bars, resolve
+from router.flags import (
+    ENV_NAMES,
+    UsageError,
+    canonical_key,
+    long_spellings,
+    parse_model_flags,
+    unapplied,
+)
 from router.http_limits import bounded_head_protocol
+from router.model_settings import model_settings
 from router.presets import PresetError, split_list
+from router.routes.ops import build_info
 from router.state import RouterState
-from workers.download import DownloadError, Progress, download
+from workers.download import DownloadError
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
-
-
-class UsageError(Exception):
-    pass
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -41,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Any other llama-server model flag (-c, -ngl, --temp, ...) is a default for every model.",
     )
     add = parser.add_argument
-    add("--host", default=_env("LLAMA_ARG_HOST", "127.0.0.1"))
+    add(
+        "--host",
+        default=_env("LLAMA_ARG_HOST", "127.0.0.1"),
+        help="addresses to listen on, comma-separated (a path ending in .sock is a UNIX socket)",
+    )
     add("--port", type=int, default=int(_env("LLAMA_ARG_PORT", "8080") or 8080))
     add(
         "--models-dir",
@@ -70,9 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api-key-file", default=None, help="one key per line")
     add(
         "--cors-origins",
-        default="",
-        help="comma-separated origins allowed to call from a browser (default: same origin only)",
+        default=_env("LLAMA_ARG_CORS_ORIGINS", ""),
+        help="comma-separated origins allowed to call from a browser; `localhost` is any local "
+        "page, `*` any page (default: same origin only)",
     )
+    add("--cors-methods", default=_env("LLAMA_ARG_CORS_METHODS", "GET, POST, DELETE, OPTIONS"))
+    add("--cors-headers", default=_env("LLAMA_ARG_CORS_HEADERS", "*"))
+    credentials = parse_bool(_env("LLAMA_ARG_CORS_CREDENTIALS", "true") or "true")
+    add("--cors-credentials", dest="cors_credentials", action="store_true", default=credentials)
+    add("--no-cors-credentials", dest="cors_credentials", action="store_false")
     add(
         "--max-waiting-per-model",
         type=int,
@@ -86,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a loaded worker silent this long is taken for hung and restarted",
     )
     add(
+        "-to",
         "--timeout",
         type=float,
         default=3600.0,
@@ -114,50 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request line plus headers accepted",
     )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add(
+        "-v",
+        "--verbose",
+        "--log-verbose",
+        dest="log_level",
+        action="store_const",
+        const="debug",
+        help="the same as --log-level debug",
+    )
+    add("--version", action="version", version=f"llama-router {build_info()}")
     return parser
 
 
-def parse_model_flags(tokens: Sequence[str]) -> dict[str, str]:
-    """Unknown flags are llama-server model flags: `--key value`, `--key=value` or `--flag`."""
-    flags: dict[str, str] = {}
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        if not token.startswith("-") or _is_number(token):
-            raise UsageError(f"unexpected argument: {token}")
-        name, has_value, value = token.partition("=")
-        key = canonical_key(name)
-        index += 1
-        if has_value:
-            flags[key] = value
-            continue
-        following = tokens[index] if index < len(tokens) else None
-        takes_value = following is not None and (
-            not following.startswith("-") or _is_number(following)
-        )
-        if key in BOOLEAN_FLAGS or (key.startswith("no-") and key[3:] in BOOLEAN_FLAGS):
-            takes_value = False
-        if takes_value:
-            assert following is not None
-            flags[key] = following
-            index += 1
-        elif key.startswith("no-") and key[3:] in BOOLEAN_FLAGS:
-            flags[key[3:]] = "false"
-        else:
-            flags[key] = "true"
+def _router_flag_keys(parser: argparse.ArgumentParser) -> set[str]:
+    """The canonical names of the flags argparse reads here (some are llama-server's too)."""
+    return {canonical_key(option) for action in parser._actions for option in action.option_strings}
+
+
+def _model_flags_from_env(router_keys: set[str]) -> dict[str, str]:
+    """llama-server reads every flag from its LLAMA_ARG_ env name too; the command line wins."""
+    flags = {}
+    for name, value in os.environ.items():
+        if name.startswith("LLAMA_ARG_"):
+            key = canonical_key(name)
+            if key in ENV_NAMES.values() and key not in router_keys:
+                flags[key] = value
     return flags
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    option_strings = [option for action in parser._actions for option in action.option_strings]
+    tokens = long_spellings(sys.argv[1:] if argv is None else argv, option_strings)
+    args, rest = parser.parse_known_args(tokens)
+    router_keys = _router_flag_keys(parser)
+    model_flags = {
+        **_model_flags_from_env(router_keys),
+        **parse_model_flags(rest, known_elsewhere=option_strings),
+    }
+    model_settings("command line", "", None, model_flags)  # a bad value stops the start
     keys = [key.strip() for key in (args.api_key or "").split(",") if key.strip()]
     if args.api_key_file:
         keys += [
@@ -166,7 +180,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
             if line.strip()
         ]
     return RouterConfig(
-        host=args.host,
+        hosts=split_list(args.host) or ["127.0.0.1"],
         port=args.port,
         models_dir=args.models_dir,
         models_preset=args.models_preset,
@@ -175,6 +189,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         sleep_idle_seconds=args.sleep_idle_seconds,
         api_keys=keys,
         cors_origins=split_list(args.cors_origins),
+        cors_methods=split_list(args.cors_methods),
+        cors_headers=split_list(args.cors_headers),
+        cors_credentials=args.cors_credentials,
         max_waiting_per_model=args.max_waiting_per_model,
         heartbeat_seconds=args.worker_heartbeat_seconds,
         timeout=args.timeout,
@@ -184,7 +201,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,
-        model_flags=parse_model_flags(rest),
+        debug_fake_timing=bool(os.environ.get("LLAMA_SERVER_DEBUG_FAKE_TIMING")),
+        model_flags=model_flags,
+        unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS),
     )
 
 
@@ -207,12 +226,14 @@ class RouterServer(uvicorn.Server):
 
 
 def _banner(config: RouterConfig, state: RouterState) -> str:
-    url = f"http://{config.host}:{config.port}"
-    first = next(iter(state.supervisor.models), "MODEL")
+    url = f"http://{_url_host(config.hosts[0])}:{config.port}"
+    # the bundled chat model when it is served: the base model cannot chat
+    first = state.bundled[0].id if state.bundled else next(iter(state.supervisor.models), "MODEL")
+    question = '[{"role": "user", "content": "What is 2+2?"}]'
     return (
         f"llama-router serving {len(state.supervisor.models)} model(s) at {url}\n"
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f'    -d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hello"}}]}}\''
+        f'    -d \'{{"model": "{first}", "messages": {question}}}\''
     )
 
 
@@ -228,25 +249,11 @@ def pull(argv: Sequence[str]) -> int:
     except ApiError as error:
         print(f"llama-router pull: {error.message}", file=sys.stderr)
         return 1
-    bars: dict[str, tqdm] = {}
-
-    def show(progress: Progress) -> None:
-        bar = bars.get(progress.url)
-        if bar is None:
-            name = progress.url.rsplit("/", 1)[-1]
-            bar = bars[progress.url] = tqdm(
-                total=progress.total, unit="B", unit_scale=True, desc=name
-            )
-        bar.update(progress.done - bar.n)
-
     try:
-        download(job, show)
+        download_with_bars(job)
     except DownloadError as error:
         print(f"llama-router pull: {error}", file=sys.stderr)
         return 1
-    finally:
-        for bar in bars.values():
-            bar.close()
     print(f"{job.model_id} is in {job.folder}")
     return 0
 
@@ -257,9 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pull(arguments[1:])
     try:
         config = config_from_args(argv)
+        single_model.prepare(config)  # `-hf`: its model is fetched before the server starts
+        sockets = listen_sockets(config.hosts, config.port)
     except (UsageError, OSError, ValueError) as error:
-        print(f"llama-router: {error}", file=sys.stderr)
-        return 2
+        print(f"llama-router: error: {error}", file=sys.stderr)
+        return 1
+    if config.unapplied_flags:
+        names = ", ".join(f"--{name}" for name in config.unapplied_flags)
+        print(
+            f"llama-router: warning: llama-server flags accepted but not applied here: {names}",
+            file=sys.stderr,
+        )
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -273,8 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = RouterServer(
         uvicorn.Config(
             app,
-            host=config.host,
-            port=config.port,
             log_level="warning",
             lifespan="on",
             http=bounded_head_protocol(config.max_header_bytes),
@@ -283,8 +296,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         state,
     )
     print(_banner(config, state), flush=True)
-    server.run()
+    try:
+        server.run(sockets=sockets)
+    finally:
+        _remove_unix_sockets(config.hosts)
     return 0 if server.started else 1
+
+
+def listen_sockets(hosts: list[str], port: int) -> list[socket.socket]:
+    """One listening socket per address, as llama-server's `--host a,b`: with several
+    addresses `::` means IPv6 only, and a path ending in `.sock` is a UNIX socket."""
+    sockets = []
+    several = len([host for host in hosts if not host.endswith(".sock")]) > 1
+    try:
+        for host in hosts:
+            unix = host.endswith(".sock")
+            sockets.append(_unix_socket(host) if unix else _tcp_socket(host, port, several))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _tcp_socket(host: str, port: int, ipv6_only: bool) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise OSError(f"cannot listen on {host}: {error.strerror}") from error
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {path}: {error.strerror}") from error
+    return sock
+
+
+def _remove_unix_sockets(hosts: list[str]) -> None:
+    for host in hosts:
+        if host.endswith(".sock"):
+            Path(host).unlink(missing_ok=True)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Model downloads: resolve `user/repo:QUANT` on a Hugging Face compatible hub, then fetch the
-files in a download worker process that reports over its pipe. A download takes no model slot.
+"""Model downloads: resolve `user/repo:QUANT` on a Hugging Face compatible hub (router/hub.py),
+then fetch the files in a download worker process that reports over its pipe. A download takes
+no model slot.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import re
 import signal
 import time
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
-import requests
+from tqdm import tqdm
 
+from router import hub
 from router.catalog import CACHE_MODELS_DIR
 from router.processes import signal_group
 from workers import download as download_worker
@@ -27,24 +28,16 @@ from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_QUANT = "Q4_K_M"
 PROGRESS_EVENT_SECONDS = 0.1
-_REPO_NAME = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}(:[A-Za-z0-9._-]{1,32})?$"
-)
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _SPAWN = multiprocessing.get_context("spawn")
-VALIDATION_FAILED = "model validation failed, unable to download"
 
 Publisher = Any  # (model, event, data) -> None
 
 
-def check_name(name: str, direct: bool) -> None:
-    """Names from clients reach the file system: only plain, bounded spellings pass."""
-    pattern = _PLAIN_NAME if direct else _REPO_NAME
-    if not name or ".." in name or not pattern.match(name):
+def check_name(name: str) -> None:
+    """A direct download's name becomes a folder name: only plain, bounded spellings pass."""
+    if not name or ".." in name or not _PLAIN_NAME.match(name):
         raise ApiError(400, f"invalid model name {name!r}")
 
 
@@ -53,74 +46,44 @@ def folder_for(cache_dir: str, model_id: str) -> Path:
     return Path(cache_dir) / CACHE_MODELS_DIR / safe
 
 
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-
-
 def resolve(name: str, url: str | None, cache_dir: str) -> DownloadJob:
-    """What to fetch for a POST /models body (blocking: run it off the event loop)."""
-    token = os.environ.get("HF_TOKEN") or None
-    if url is not None:
-        check_name(name, direct=True)
-        parsed = urlparse(url)
-        filename = Path(parsed.path).name
-        if parsed.scheme not in ("http", "https") or not filename.lower().endswith(".gguf"):
-            raise ApiError(400, "url must be an http(s) address of a .gguf file")
-        check_name(filename, direct=True)
-        files = [DownloadFile(url=url, name=filename)]
-        return DownloadJob(name, str(folder_for(cache_dir, name)), files, token)
-    check_name(name, direct=False)
-    repo, _, quant = name.partition(":")
-    model_id = f"{repo}:{(quant or DEFAULT_QUANT).upper()}"
-    files = pick_files(list_repo(repo, token), repo, (quant or DEFAULT_QUANT).upper())
-    return DownloadJob(model_id, str(folder_for(cache_dir, model_id)), files, token)
+    """What to fetch for a POST /models body (blocking: run it off the event loop): a hub
+    model into the hub layout llama-server shares, a direct url into a folder of its own."""
+    if url is None:
+        found = hub.plan(name, None, cache_dir)
+        if found.preset is not None:
+            raise ApiError(400, f"{hub.VALIDATION_FAILED}: {name} is a preset repo, not a model")
+        return found.job
+    check_name(name)
+    parsed = urlparse(url)
+    filename = Path(parsed.path).name
+    if parsed.scheme not in ("http", "https") or not filename.lower().endswith(".gguf"):
+        raise ApiError(400, "url must be an http(s) address of a .gguf file")
+    check_name(filename)
+    folder = folder_for(cache_dir, name)
+    target = folder / filename
+    file = DownloadFile(url=url, path=str(target), partial=f"{target}.partial")
+    return DownloadJob(name, str(folder), [file], hub.token())
 
 
-def list_repo(repo: str, token: str | None) -> list[dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    address = f"{hub_endpoint()}/api/models/{repo}/tree/main?recursive=true"
+def download_with_bars(job: DownloadJob) -> None:
+    """Download in this process with a progress bar per file (`pull`, the `-hf` start-up)."""
+    bars: dict[str, tqdm] = {}
+
+    def show(progress: Progress) -> None:
+        bar = bars.get(progress.url)
+        if bar is None:
+            name = progress.url.rsplit("/", 1)[-1]
+            bar = bars[progress.url] = tqdm(
+                total=progress.total, unit="B", unit_scale=True, desc=name
+            )
+        bar.update(progress.done - bar.n)
+
     try:
-        reply = requests.get(address, headers=headers, timeout=30)
-    except requests.RequestException as error:
-        raise ApiError(400, f"{VALIDATION_FAILED}: {error}") from error
-    if reply.status_code != 200:
-        raise ApiError(400, f"{VALIDATION_FAILED}: the hub answered {reply.status_code}")
-    listing = reply.json()
-    if not isinstance(listing, list):
-        raise ApiError(400, f"{VALIDATION_FAILED}: unexpected listing")
-    return listing
-
-
-def pick_files(listing: list[dict[str, Any]], repo: str, quant: str) -> list[DownloadFile]:
-    """The GGUF for `quant` (all its shards) and an mmproj projector if the repo has one."""
-    ggufs = sorted(
-        (entry for entry in listing if str(entry.get("path", "")).lower().endswith(".gguf")),
-        key=lambda entry: str(entry["path"]),
-    )
-    tag = re.compile(rf"(?<![A-Za-z0-9]){re.escape(quant)}(?![A-Za-z0-9])", re.IGNORECASE)
-    weights = [e for e in ggufs if "mmproj" not in e["path"].lower() and tag.search(e["path"])]
-    if not weights:
-        raise ApiError(400, f"{VALIDATION_FAILED}: no {quant} file in {repo}")
-    first = weights[0]
-    shard = _SHARD.search(first["path"])
-    if shard:
-        stem = first["path"][: shard.start()]
-        chosen = [e for e in weights if e["path"].startswith(stem) and _SHARD.search(e["path"])]
-    else:
-        chosen = [first]
-    projectors = [e for e in ggufs if "mmproj" in e["path"].lower()]
-    return [_file(repo, entry) for entry in chosen + projectors[:1]]
-
-
-def _file(repo: str, entry: dict[str, Any]) -> DownloadFile:
-    path = str(entry["path"])
-    lfs = entry.get("lfs") or {}
-    return DownloadFile(
-        url=f"{hub_endpoint()}/{repo}/resolve/main/{quote(path)}",
-        name=Path(path).name,
-        size=entry.get("size"),
-        sha256=lfs.get("oid") or lfs.get("sha256"),
-    )
+        download_worker.download(job, show)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 @dataclass(eq=False)
@@ -131,6 +94,8 @@ class Download:
     status: str = "downloading"
     progress: dict[str, dict[str, int]] = field(default_factory=dict)
     last_event: float = 0.0
+    reason: str = ""  # why it failed
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def model_id(self) -> str:
@@ -165,6 +130,16 @@ class Downloads:
         log.info("downloading %s into %s", job.model_id, job.folder)
         self._publish(job.model_id, "model_status", {"status": "downloading"})
 
+    async def fetch(self, job: DownloadJob) -> None:
+        """Start `job`, or join the same download already under way, and wait for its end."""
+        download = self._active.get(job.model_id)
+        if download is None or download.status == "failed":
+            self.start(job)
+            download = self._active[job.model_id]
+        await download.ended.wait()
+        if download.status == "failed":
+            raise ApiError(500, f"cannot download {job.model_id}: {download.reason}")
+
     def _read(self, download: Download) -> None:
         try:
             while download.conn.poll():
@@ -184,6 +159,7 @@ class Downloads:
                     self._publish(download.model_id, "download_progress", data)
             case Finished():
                 download.status = "downloaded"
+                download.ended.set()
                 log.info("downloaded %s", download.model_id)
                 self._publish(download.model_id, "download_finished")
             case Failed():
@@ -193,6 +169,8 @@ class Downloads:
         if download.status != "downloading":
             return
         download.status = "failed"
+        download.reason = reason
+        download.ended.set()
         log.warning("download of %s failed: %s", download.model_id, reason)
         self._publish(download.model_id, "download_failed", {"message": reason})
 

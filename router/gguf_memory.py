@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 # GGUF value types: fixed sizes by type id; 8 is a string, 9 an array.
 _FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
-KV_BYTES_PER_VALUE = 2  # llama.cpp's default f16 KV cache
+F16_BYTES = 2.0  # llama.cpp's default KV cache type
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -34,9 +34,15 @@ class MemoryNeed:
         return self.weights + self.kv_cache
 
 
-def memory_needed(path: str, ctx_size: int, extra_files: tuple[str, ...] = ()) -> MemoryNeed:
-    """Weights (every shard and extra file) plus an f16 KV cache for `ctx_size` tokens (0 means
-    the model's training context, as llama.cpp reads it)."""
+def memory_needed(
+    path: str,
+    ctx_size: int,
+    extra_files: tuple[str, ...] = (),
+    key_bytes: float = F16_BYTES,
+    value_bytes: float = F16_BYTES,
+) -> MemoryNeed:
+    """Weights (every shard and extra file) plus a KV cache for `ctx_size` tokens (0 means the
+    model's training context, as llama.cpp reads it) at the given bytes per K and V value."""
     header = read_header(path)
     arch = header.get("general.architecture", "")
 
@@ -52,9 +58,10 @@ def memory_needed(path: str, ctx_size: int, extra_files: tuple[str, ...] = ()) -
     kv_heads = number("attention.head_count_kv", heads)
     head_dim = embedding // heads if heads else 0
     per_token = kv_heads * (
-        number("attention.key_length", head_dim) + number("attention.value_length", head_dim)
+        number("attention.key_length", head_dim) * key_bytes
+        + number("attention.value_length", head_dim) * value_bytes
     )
-    kv_cache = tokens * number("block_count") * per_token * KV_BYTES_PER_VALUE
+    kv_cache = int(tokens * number("block_count") * per_token)
     weights = sum(Path(file).stat().st_size for file in (*_shards(path), *extra_files))
     return MemoryNeed(weights, kv_cache)
 

@@ -1,9 +1,14 @@
-"""ASGI middleware of the router: API keys."""
+"""ASGI middleware of the router: API keys, and CORS as llama-server answers it."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import MutableMapping
 from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import PlainTextResponse, Response
 
 from workers.errors import ApiError
 
@@ -44,3 +49,53 @@ class ApiKeys:
         # every key is compared, so the time taken does not tell which one nearly matched
         matches = [hmac.compare_digest(given, key) for given in offered for key in self._keys]
         return any(matches)
+
+
+# llama-server's `--cors-origins localhost`: a page served from this machine, on any port.
+LOCALHOST_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+
+
+class LlamaServerCors(CORSMiddleware):
+    """Starlette's CORS with llama-server's answers: every OPTIONS request gets 200 (a browser
+    reads the allow headers, not the status), `localhost` stands for every local origin, and an
+    origin that is not allowed simply gets no Access-Control-Allow-Origin."""
+
+    def __init__(
+        self,
+        app: Any,
+        origins: list[str],
+        methods: list[str],
+        headers: list[str],
+        credentials: bool,
+    ) -> None:
+        wildcard = "*" in origins
+        super().__init__(
+            app,
+            allow_origins=[origin for origin in origins if origin != "localhost"],
+            allow_origin_regex=LOCALHOST_ORIGINS if "localhost" in origins else None,
+            allow_methods=methods,
+            allow_headers=headers,
+            allow_credentials=credentials and not wildcard,  # never a wildcard with credentials
+        )
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            request_headers = Headers(scope=scope)
+            if "origin" in request_headers and "access-control-request-method" in request_headers:
+                response = self.preflight_response(request_headers=request_headers)
+            else:
+                response = PlainTextResponse("", headers={"Allow": ", ".join(self.allow_methods)})
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in ("access-control-allow-origin", "content-length")
+        }
+        return PlainTextResponse("", headers=headers)

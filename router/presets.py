@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import configparser
+import logging
+import re
 from pathlib import Path
 
 import msgspec
 
-from router.config import canonical_key
+from router.flags import is_known, preset_value, unapplied
+
+log = logging.getLogger("llama-router")
+_SECTION = re.compile(r"^\s*\[(?P<name>[^\]]+)\]")
+_KEY = re.compile(r"^\s*(?P<key>[^=#;\s][^=]*?)\s*=")
 
 GLOBAL_SECTION = "*"
 
@@ -39,10 +45,12 @@ def load_presets(path: str | None) -> Presets:
     except (OSError, configparser.Error) as error:
         raise PresetError(f"cannot read presets {path}: {error}") from error
     base = Path(path).resolve().parent
+    lines = _key_lines(path)
     sections: dict[str, dict[str, str]] = {}
     defaults: dict[str, str] = {}
     for name in parser.sections():
-        values = {canonical_key(key): value.strip() for key, value in parser.items(name)}
+        values = dict(preset_value(key, value.strip()) for key, value in parser.items(name))
+        _check_keys(path, name, parser.items(name), lines)
         if "model" in values:
             values["model"] = _resolve_path(values["model"], base)
         if "mmproj" in values:
@@ -52,6 +60,33 @@ def load_presets(path: str | None) -> Presets:
         else:
             sections[name.strip()] = values
     return Presets(defaults=defaults, sections=sections, source=path)
+
+
+def _check_keys(
+    path: str, section: str, items: list[tuple[str, str]], lines: dict[tuple[str, str], int]
+) -> None:
+    """An unknown key stops the load, as an unknown flag stops the start; a known one that
+    nothing here honours is named in the log."""
+    for key, value in items:
+        canonical = preset_value(key, value)[0]
+        where = f"{path}:{lines.get((section.strip(), key), '?')}"
+        if not is_known(canonical):
+            raise PresetError(f"{where}: unknown key {key!r} in section [{section.strip()}]")
+        if unapplied([canonical]):
+            log.warning("%s: llama-server key %r is accepted but not applied here", where, key)
+
+
+def _key_lines(path: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, for messages: configparser does not keep them."""
+    lines: dict[tuple[str, str], int] = {}
+    section = ""
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if match := _SECTION.match(line):
+                section = match["name"].strip()
+            elif match := _KEY.match(line):
+                lines.setdefault((section, match["key"]), number)
+    return lines
 
 
 def _resolve_path(value: str, base: Path) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from router.catalog import FoundFiles, build_catalog, bundled_default
+from router import hub, single_model
+from router.bundled import bundled_models
+from router.catalog import FoundFiles, ModelSpec, build_catalog
 from router.config import RouterConfig
 from router.downloads import Downloads
 from router.events import EventHub
@@ -20,7 +22,7 @@ from workers.errors import ApiError
 class RouterState:
     config: RouterConfig
     presets: Presets
-    bundled: FoundFiles | None
+    bundled: list[FoundFiles]
     supervisor: Supervisor
     relay: Relay
     streams: Streams
@@ -42,7 +44,16 @@ def reload_catalog(state: RouterState) -> None:
         state.presets = load_presets(state.config.models_preset)
     except PresetError as error:
         raise ApiError(500, str(error)) from error
-    state.supervisor.reload(build_catalog(state.config, state.presets, state.bundled))
+    state.supervisor.reload(catalog(state.config, state.presets, state.bundled))
+
+
+def catalog(
+    config: RouterConfig, presets: Presets, bundled: list[FoundFiles]
+) -> dict[str, ModelSpec]:
+    """The one model of `-m`/`-hf`, else every model of every source."""
+    if single_model.requested(config):
+        return single_model.catalog(config)
+    return build_catalog(config, presets, bundled)
 
 
 def find_model(state: RouterState, name: str) -> Model | None:
@@ -54,12 +65,48 @@ def find_model(state: RouterState, name: str) -> Model | None:
     return model
 
 
+async def with_files(state: RouterState, model: Model) -> Model:
+    """A preset whose `hf-repo` is not in the cache yet gets it now, as llama-server's model
+    instance fetches its `-hf` on its first start; then the model as the catalog has it."""
+    spec = model.spec
+    if spec.path is not None or spec.hf_repo is None:
+        return model
+    failed = f"model name={model.id} failed to load"
+    try:
+        found = await asyncio.to_thread(
+            hub.plan, spec.hf_repo, spec.hf_file, state.config.cache_dir
+        )
+        if found.preset is not None:
+            raise ApiError(500, f"{spec.hf_repo} holds presets, not a model")
+        await state.downloads.fetch(found.job)
+    except ApiError as error:
+        raise ApiError(500, f"{failed}: {error.message}") from error
+    reload_catalog(state)
+    fresh = state.supervisor.find(model.id)
+    if fresh is None or fresh.spec.path is None:
+        raise ApiError(500, f"{failed}: {spec.hf_repo} is not in the cache after its download")
+    return fresh
+
+
+def model_for_request(state: RouterState, name: str | None) -> Model | None:
+    """The model a request names. Naming none, it gets the only model listed, if there is one;
+    serving one model as `llama-server -m` does, any name gets that model (llama-server does not
+    look at the name then)."""
+    model = find_model(state, name) if name else None
+    if model is not None:
+        return model
+    listed = [model for model in state.supervisor.models.values() if not model.spec.hidden]
+    if len(listed) == 1 and (not name or single_model.requested(state.config)):
+        return listed[0]
+    return None
+
+
 def build_state(config: RouterConfig) -> RouterState:
     presets = load_presets(config.models_preset)
-    bundled = None
-    if not config.models_dir and not config.models_preset:
-        bundled = bundled_default(config.cache_dir)
-    specs = build_catalog(config, presets, bundled)
+    bundled = []
+    if not (config.models_dir or config.models_preset or single_model.requested(config)):
+        bundled = bundled_models(config.cache_dir)
+    specs = catalog(config, presets, bundled)
     check_startup(specs, config)
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
     supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)

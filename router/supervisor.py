@@ -30,8 +30,9 @@ from typing import Any
 import psutil
 
 from router.catalog import ModelSpec
-from router.config import RouterConfig, model_settings
+from router.config import RouterConfig
 from router.gguf_memory import memory_needed
+from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.processes import SpareWorkers, WorkerProcess
 from workers.errors import ApiError
 from workers.protocol import (
@@ -50,6 +51,9 @@ from workers.protocol import (
 log = logging.getLogger("llama-router")
 
 _TICK_SECONDS = 1.0
+# LLAMA_SERVER_DEBUG_FAKE_TIMING (a test hook of llama-server's router): how long each model load
+# waits before it starts, and each request counts as in flight before it is sent.
+FAKE_TIMING_SECONDS = 2.0
 
 
 class Status(enum.Enum):
@@ -163,7 +167,13 @@ def unloadable(spec: ModelSpec, room: int) -> str | None:
     try:
         settings = model_settings(spec.id, spec.path, spec.mmproj, spec.flags)
         extra = (settings.mmproj,) if settings.mmproj else ()
-        need = memory_needed(spec.path, settings.ctx_size, extra)
+        need = memory_needed(
+            spec.path,
+            settings.ctx_size,
+            extra,
+            CACHE_TYPE_BYTES[settings.cache_type_k],
+            CACHE_TYPE_BYTES[settings.cache_type_v],
+        )
     except OSError as error:
         return f"cannot read {error.filename or spec.path}: {error.strerror}"
     except ValueError as error:  # not a GGUF, or a setting that is not a number
@@ -240,7 +250,23 @@ class Supervisor:
 
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
+        lease = await self._wait_for_lease(model, autoload, touch)
+        if self.config.debug_fake_timing:
+            await self._hold_busy(lease)
+        return lease
+
+    async def _hold_busy(self, lease: Lease) -> None:
+        """LLAMA_SERVER_DEBUG_FAKE_TIMING, as llama-server's router: a request counts as in
+        flight for a while before it is sent, so tests can keep a model busy with a quick one."""
+        try:
+            await asyncio.sleep(FAKE_TIMING_SECONDS)
+        except BaseException:
+            self.release(lease)  # the client left meanwhile
+            raise
+
+    async def _wait_for_lease(self, model: Model, autoload: bool, touch: bool) -> Lease:
         failed_loads = model.failed_loads
+        load_delay_due = self.config.debug_fake_timing
         ready = model.status in (Status.LOADED, Status.SLEEPING)
         if not ready and model.wanted >= self.config.max_waiting_per_model:
             raise ApiError(503, f"too many requests waiting for model {model.id}, try again later")
@@ -265,6 +291,10 @@ class Supervisor:
                         raise ApiError(400, "model is not loaded")
                     if model not in self.queue:  # checked once, by the waiter who queues it
                         self._refuse_if_unloadable(model)
+                        if load_delay_due:  # fake timing: the load starts later, as there
+                            load_delay_due = False
+                            await asyncio.sleep(FAKE_TIMING_SECONDS)
+                            continue
                         self.queue.append(model)
                     self._pump()
                     if model.version != seen:
@@ -298,6 +328,8 @@ class Supervisor:
 
     async def load(self, model: Model) -> None:
         """POST /models/load: start now, evicting the LRU idle model at the cap; 503 if none."""
+        if self.config.debug_fake_timing:  # before anything else, as llama-server's load()
+            await asyncio.sleep(FAKE_TIMING_SECONDS)
         if model.status.running:
             raise ApiError(400, "model is already running")
         self._refuse_if_unloadable(model)

@@ -1,4 +1,5 @@
-"""A Hugging Face compatible hub on 127.0.0.1: repo listings, files with Range, planned failures."""
+"""A Hugging Face compatible hub on 127.0.0.1: branches, repo listings, files with Range (and
+HEAD, which llama-server asks first), planned failures."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub.serve(self)
 
+            def do_HEAD(self) -> None:
+                hub.serve(self, head=True)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -39,43 +43,73 @@ class FakeHub:
         self.files[key] = data
         self.listed_sha[key] = sha256 or hashlib.sha256(data).hexdigest()
 
+    def commit(self, repo: str) -> str:
+        """The commit of `main`: it changes whenever a file of the repo does."""
+        digest = hashlib.sha1(repo.encode())
+        for key in sorted(self.files):
+            if key.startswith(repo + "/"):
+                digest.update(key.encode() + self.listed_sha[key].encode())
+        return digest.hexdigest()
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def serve(self, request: BaseHTTPRequestHandler) -> None:
+    def serve(self, request: BaseHTTPRequestHandler, head: bool = False) -> None:
         path = unquote(urlparse(request.path).path)
+        if path.startswith("/api/models/") and path.endswith("/refs"):
+            repo = path[len("/api/models/") : -len("/refs")]
+            if not self._has(repo):
+                return _reply(request, 404, b'{"error": "Repository not found"}')
+            main = {"name": "main", "ref": "refs/heads/main", "targetCommit": self.commit(repo)}
+            return _reply(request, 200, json.dumps({"branches": [main], "tags": []}).encode())
         if path.startswith("/api/models/") and "/tree/" in path:
             repo = path[len("/api/models/") :].split("/tree/")[0]
-            listing = [
-                {
-                    "type": "file",
-                    "path": key[len(repo) + 1 :],
-                    "size": len(data),
-                    "lfs": {"oid": self.listed_sha[key], "size": len(data)},
-                }
-                for key, data in self.files.items()
-                if key.startswith(repo + "/")
-            ]
-            if not listing:
+            if not self._has(repo):
                 return _reply(request, 404, b'{"error": "Repository not found"}')
-            return _reply(request, 200, json.dumps(listing).encode())
-        if "/resolve/main/" in path:
-            repo, _, name = path.strip("/").partition("/resolve/main/")
-            return self._send_file(request, f"{repo}/{name}")
+            return _reply(request, 200, json.dumps(self._listing(repo)).encode())
+        if "/resolve/" in path:
+            repo, _, rest = path.strip("/").partition("/resolve/")
+            name = rest.partition("/")[2]  # after the revision: main or a commit
+            return self._send_file(request, f"{repo}/{name}", head)
         if path.startswith("/direct/"):
-            return self._send_file(request, path[len("/direct/") :])
+            return self._send_file(request, path[len("/direct/") :], head)
         _reply(request, 404, b"not found")
 
-    def _send_file(self, request: BaseHTTPRequestHandler, key: str) -> None:
+    def _has(self, repo: str) -> bool:
+        return any(key.startswith(repo + "/") for key in self.files)
+
+    def _listing(self, repo: str) -> list[dict]:
+        listing = []
+        for key, data in sorted(self.files.items()):
+            if not key.startswith(repo + "/"):
+                continue
+            entry: dict = {"type": "file", "path": key[len(repo) + 1 :], "size": len(data)}
+            if key.endswith(".gguf"):
+                entry["lfs"] = {"oid": self.listed_sha[key], "size": len(data)}
+            else:  # small files are plain git blobs, with their git oid
+                entry["oid"] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            listing.append(entry)
+        return listing
+
+    def _send_file(self, request: BaseHTTPRequestHandler, key: str, head: bool) -> None:
         data = self.files.get(key)
         if data is None:
             return _reply(request, 404, b"not found")
+        if head:  # llama.cpp's downloader asks for the size and the ETag first
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(data)))
+            request.send_header("Accept-Ranges", "bytes")
+            request.send_header("ETag", f'"{self.listed_sha[key]}"')
+            request.end_headers()
+            return
         wanted = request.headers.get("Range")
         self.ranges.append((key, wanted))
         start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
         request.send_response(206 if wanted else 200)
         request.send_header("Content-Length", str(len(data) - start))
+        request.send_header("Accept-Ranges", "bytes")
+        request.send_header("ETag", f'"{self.listed_sha[key]}"')
         if wanted:
             request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         request.end_headers()
@@ -98,4 +132,5 @@ def _reply(request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
     request.send_header("Content-Type", "application/json")
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
-    request.wfile.write(body)
+    if request.command != "HEAD":
+        request.wfile.write(body)

@@ -55,7 +55,7 @@ def test_download_reports_progress_then_is_listed_and_serves(server, hub: FakeHu
     progress = [e["data"]["progress"] for e in events.events if e["event"] == "download_progress"]
     assert len(progress) >= 2
     (url,) = progress[-1]
-    assert url.endswith("/resolve/main/tiny-Q4_K_M.gguf")
+    assert url.endswith(f"/{REPO}/resolve/{hub.commit(REPO)}/tiny-Q4_K_M.gguf")
     dones = [p[url]["done"] for p in progress]
     assert dones == sorted(dones) and dones[-1] == progress[-1][url]["total"] == len(
         hub.files[Q4_FILE]
@@ -88,7 +88,8 @@ def test_checksum_mismatch_fails_and_lists_nothing(server, tmp_path: Path) -> No
     failed = events.wait_for("acme/bad-GGUF:Q4_K_M", "download_failed")
     assert "sha256 mismatch" in failed["data"]["message"]
     assert "acme/bad-GGUF:Q4_K_M" not in listed(server)
-    assert not list((tmp_path / "cache" / "models").rglob("*.gguf*"))
+    repo = tmp_path / "cache" / "models--acme--bad-GGUF"
+    assert not [path for path in repo.rglob("*") if path.is_file()]
 
 
 def test_cancel_with_unload_keeps_the_partial(
@@ -106,7 +107,7 @@ def test_cancel_with_unload_keeps_the_partial(
     assert server.post("/models/unload", {"model": Q4}).json() == {"success": True}
     failed = events.wait_for(Q4, "download_failed")
     assert failed["data"]["message"] == "cancelled"
-    assert list((tmp_path / "cache" / "models").rglob("*.partial"))
+    assert list((tmp_path / "cache").rglob("blobs/*.downloadInProgress"))
     assert server.status("tiny-a") == "loaded"  # a download takes no slot, evicts nothing
 
 
@@ -121,7 +122,8 @@ def test_delete_removes_a_cache_model_only(server, tmp_path: Path) -> None:
     assert gone.json() == {"success": True}
     events.wait_for(f"{REPO}:Q8_0", "model_remove")
     assert f"{REPO}:Q8_0" not in listed(server)
-    assert not list((tmp_path / "cache" / "models").rglob("*.gguf"))
+    repo = tmp_path / "cache" / "models--acme--tiny-GGUF"
+    assert not [p for p in repo.rglob("*") if p.is_file() and p.parent.name != "refs"]
     assert server.session_delete("tiny-a").status_code == 400
     assert server.session_delete("ghost").status_code == 404
 
@@ -183,7 +185,7 @@ def test_pull_command_downloads_into_the_cache(hub: FakeHub, tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert f"{REPO}:Q8_0 is in" in result.stdout
-    (file,) = (tmp_path / "models").rglob("*.gguf")
+    (file,) = (tmp_path / "models--acme--tiny-GGUF" / "snapshots").rglob("*.gguf")
     assert file.read_bytes() == hub.files[f"{REPO}/tiny-Q8_0.gguf"]
     failing = subprocess.run(
         [sys.executable, "-m", "router", "pull", "acme/none-GGUF", "--cache-dir", str(tmp_path)],

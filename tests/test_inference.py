@@ -9,7 +9,7 @@ import openai
 import pytest
 import requests
 
-from tests.tinymodels import EOS_TOKEN, write_tiny_llama
+from tests.tinymodels import EOS_TOKEN, write_tiny_bert, write_tiny_llama
 
 NO_EOS = {"logit_bias": {str(EOS_TOKEN): -100}}
 
@@ -142,6 +142,33 @@ def test_embeddings_with_pooling_flag(router, tmp_path: Path) -> None:
     assert len(body["data"][0]["embedding"]) == 64
     assert body["data"][0]["embedding"] != body["data"][1]["embedding"]
     assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_an_embeddings_model_also_generates_and_an_encoder_refuses_with_a_400(
+    router, tmp_path: Path
+) -> None:
+    """As llama-server: `--embeddings` adds embeddings; only an encoder cannot generate."""
+    models = tmp_path / "emb"
+    write_tiny_llama(models / "both.gguf", seed=3)
+    write_tiny_bert(models / "encoder.gguf")
+    server = router("--models-dir", str(models), "--embeddings", "--pooling", "mean")
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **NO_EOS}
+    first = server.post("/v1/chat/completions", {"model": "both", **chat})
+    assert first.status_code == 200, first.text
+    embedded = server.post("/v1/embeddings", {"model": "both", "input": "hello"})
+    assert embedded.status_code == 200, embedded.text
+    assert len(embedded.json()["data"][0]["embedding"]) == 64
+    again = server.post("/v1/chat/completions", {"model": "both", **chat, "temperature": 0})
+    same = server.post("/v1/chat/completions", {"model": "both", **chat, "temperature": 0})
+    assert again.status_code == same.status_code == 200
+    assert again.json()["choices"][0]["message"] == same.json()["choices"][0]["message"]
+    assert again.json()["usage"]["completion_tokens"] == 8
+    vectors = server.post("/v1/embeddings", {"model": "encoder", "input": ["abc", "xyz"]})
+    assert vectors.status_code == 200, vectors.text
+    refused = server.post("/v1/chat/completions", {"model": "encoder", **chat})
+    assert refused.status_code == 400
+    assert "encoder-only" in refused.json()["error"]["message"]
+    assert server.status("encoder") == "loaded"
 
 
 def test_embeddings_without_pooling_is_a_400_and_disabled_is_a_501(router, tmp_path: Path) -> None:

@@ -70,6 +70,38 @@ def test_cors_is_same_origin_unless_allowed(router, models_dir: Path) -> None:
     assert reply.headers.get("access-control-allow-credentials") != "true"
 
 
+def test_cors_answers_as_llama_server(router, models_dir: Path) -> None:
+    """`localhost` is every local page on any port; every OPTIONS request gets 200, and an
+    origin that is not allowed simply gets no allow header."""
+    server = router("--models-dir", str(models_dir), "--cors-origins", "localhost")
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x"}
+    for origin in ("http://localhost", "http://127.0.0.1:3000", "http://[::1]:8080"):
+        reply = requests.options(
+            server.url + "/completions", headers={"Origin": origin, **preflight}, timeout=10
+        )
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == origin
+        assert "POST" in reply.headers["access-control-allow-methods"]
+        assert reply.headers["access-control-allow-credentials"] == "true"
+    for origin in ("http://evil.com", "http://localhost.evil.com", "http://notlocalhost"):
+        reply = requests.options(
+            server.url + "/completions", headers={"Origin": origin, **preflight}, timeout=10
+        )
+        assert reply.status_code == 200
+        assert "access-control-allow-origin" not in reply.headers
+    plain = requests.options(server.url + "/v1/models", timeout=10)
+    assert plain.status_code == 200
+    simple = server.get("/health", headers={"Origin": "http://localhost:5173"})
+    assert simple.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+def test_host_takes_several_addresses(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "--host", "127.0.0.1,127.0.0.2")
+    for address in ("127.0.0.1", "127.0.0.2"):
+        reply = requests.get(f"http://{address}:{server.port}/health", timeout=10)
+        assert reply.status_code == 200
+
+
 def test_waiting_requests_per_model_are_bounded(router, models_dir: Path) -> None:
     server = router(
         "--models-dir", str(models_dir), "--models-max", "1", "--max-waiting-per-model", "1"

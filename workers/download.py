@@ -1,8 +1,10 @@
 """Download worker: fetches a model's files into the cache, resuming and verifying them.
 
-A file is written under `<name>.partial` and resumed with an HTTP Range request; once complete
+A file grows under its `partial` name and is resumed with an HTTP Range request; once complete
 its size (and the hub's sha256, when known) is checked before it is renamed into place, so a
-half or corrupt file is never listed as a model. The same code serves `llama-router pull`.
+half or corrupt file is never listed as a model. A hub download then links each file into its
+repo snapshot and points `refs/main` at that commit, as llama-server does, so that both servers
+list it. The same code serves `llama-router pull` and the start-up download of `-hf`.
 """
 
 from __future__ import annotations
@@ -28,16 +30,24 @@ MANIFEST = "manifest.json"
 
 class DownloadFile(msgspec.Struct, frozen=True):
     url: str
-    name: str
+    path: str  # the finished file
+    partial: str  # where it grows until it is whole and verified
     size: int | None = None
     sha256: str | None = None
+    link: str | None = None  # hub layout: its snapshot entry, a relative symlink to `path`
+
+
+class HubRef(msgspec.Struct, frozen=True):
+    path: str  # <repo folder>/refs/main
+    commit: str
 
 
 class DownloadJob(msgspec.Struct, frozen=True):
     model_id: str
-    folder: str
+    folder: str  # the model's own folder (direct url) or its repo's folder (hub layout)
     files: list[DownloadFile]
     token: str | None = None
+    ref: HubRef | None = None  # hub layout; without it the folder gets a manifest
 
 
 class _Report(msgspec.Struct, frozen=True, tag_field="kind"):
@@ -67,22 +77,28 @@ class DownloadError(Exception):
 
 
 def download(job: DownloadJob, on_progress: Callable[[Progress], None]) -> None:
-    """Fetch every file of `job` into its folder and write the manifest that lists it."""
-    folder = Path(job.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Fetch every file of `job`, then make the model visible: snapshot links and the ref (hub
+    layout), or the manifest of its folder. Nothing is listed before every file is whole."""
     for file in job.files:
-        fetch(file, folder, job.token, on_progress)
-    manifest = {"id": job.model_id, "files": [file.name for file in job.files]}
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+        fetch(file, job.token, on_progress)
+    if job.ref is None:
+        manifest = {"id": job.model_id, "files": [Path(file.path).name for file in job.files]}
+        (Path(job.folder) / MANIFEST).write_text(json.dumps(manifest))
+        return
+    for file in job.files:
+        if file.link:
+            _link(Path(file.path), Path(file.link))
+    _write_atomically(Path(job.ref.path), job.ref.commit)
 
 
-def fetch(
-    file: DownloadFile, folder: Path, token: str | None, on_progress: Callable[[Progress], None]
-) -> None:
-    target = folder / file.name
+def fetch(file: DownloadFile, token: str | None, on_progress: Callable[[Progress], None]) -> None:
+    target = Path(file.path)
+    if file.link and Path(file.link).exists():
+        return
     if target.exists() and (file.size is None or target.stat().st_size == file.size):
         return
-    partial = folder / (file.name + ".partial")
+    partial = Path(file.partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
     have = partial.stat().st_size if partial.exists() else 0
     digest = None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -150,14 +166,36 @@ def _receive(
 
 def _verify(partial: Path, file: DownloadFile, digest: Any) -> None:
     size = partial.stat().st_size
+    name = file.url.rsplit("/", 1)[-1]
     if file.size is not None and size != file.size:
-        raise DownloadError(f"{file.name}: size {size} instead of {file.size}")
+        raise DownloadError(f"{name}: size {size} instead of {file.size}")
     if file.sha256:
         if digest is None:
             digest = _digest_of(partial, size)
         if digest.hexdigest() != file.sha256.lower():
             partial.unlink()
-            raise DownloadError(f"{file.name}: sha256 mismatch (expected {file.sha256})")
+            raise DownloadError(f"{name}: sha256 mismatch (expected {file.sha256})")
+
+
+def _link(blob: Path, entry: Path) -> None:
+    """The snapshot entry as a relative symlink to its blob; where links cannot be made, the blob
+    itself moves there (llama-server's fallback too)."""
+    if entry.exists():
+        return
+    if entry.is_symlink():
+        entry.unlink()  # a link whose blob is gone: the blob is back now
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        entry.symlink_to(os.path.relpath(blob, entry.parent))
+    except OSError:
+        os.replace(blob, entry)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def run(job: DownloadJob, conn: Connection) -> None:

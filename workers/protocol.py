@@ -33,6 +33,25 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pooling: str | None = None
     chat_template: str | None = None
     sampling: dict[str, Any] = {}
+    # llama.cpp's model and context parameters, as llama-server's flags set them
+    flash_attn: str = "auto"  # on | off | auto
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    use_mmap: bool = True
+    use_mlock: bool = False
+    repack: bool | None = None  # None: wherever this build's llama.cpp can (see the engine)
+    split_mode: str | None = None
+    main_gpu: int = 0
+    tensor_split: list[float] | None = None
+    rope_scaling: str | None = None
+    rope_freq_base: float = 0.0
+    rope_freq_scale: float = 0.0
+    yarn: dict[str, int | float] = {}
+    offload_kqv: bool = True
+    op_offload: bool | None = None
+    swa_full: bool = False
+    loras: list[tuple[str, float]] = []
+    kv_overrides: dict[str, bool | int | float | str] = {}
 
 
 # Commands: router -> worker

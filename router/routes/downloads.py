@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import hf_cache
 from router.catalog import CACHE_MODELS_DIR
 from router.downloads import resolve
 from router.routes.common import read_body, router_state, success
@@ -47,14 +48,19 @@ async def remove_model(request: Request) -> Response:
         raise ApiError(404, f"model '{name}' not found")
     if not model.spec.can_remove or model.spec.path is None:
         raise ApiError(400, f"model '{model.id}' is not removable (not from the cache)")
-    folder = _cache_folder(Path(model.spec.path), Path(state.config.cache_dir))
+    cache_dir = state.config.cache_dir
+    hub_layout = hf_cache.is_hub_path(cache_dir, model.spec.path)
+    folder = None if hub_layout else _cache_folder(Path(model.spec.path), Path(cache_dir))
     model.removed = True  # no request may start it again while its files go
     if model.status.running:
         if model.status is not Status.STOPPING:
             state.supervisor.unload(model)
         while model.status is not Status.UNLOADED:
             await model.wait_change()
-    await asyncio.to_thread(shutil.rmtree, folder, True)
+    if folder is None:
+        await asyncio.to_thread(hf_cache.remove_cached, cache_dir, model.id)
+    else:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
     reload_catalog(state)
     state.events.publish(model.id, "model_remove")
     return success()

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from router.relay import Exchange, Relay
 from router.responses import RingResponse, SessionResponse, unless
 from router.routes.common import query_flag, read_body, router_state
-from router.state import RouterState, find_model
+from router.state import RouterState, model_for_request, with_files
 from router.supervisor import Lease, Model
 from workers.errors import ApiError
 from workers.schema import BODY_TYPES, decode_body
@@ -30,13 +30,15 @@ async def infer(request: Request) -> Any:
     route = request.url.path
     body = await read_body(request)
     name: str | None = decode_body(body, BODY_TYPES[route]).model
-    if not name:
-        raise ApiError(400, "model name is missing from the request")
     state = router_state(request)
-    model = find_model(state, name)
+    model = model_for_request(state, name)
+    if model is None and not name:
+        raise ApiError(400, "model name is missing from the request")
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     autoload = query_flag(request, "autoload", state.config.models_autoload)
+    if autoload:
+        model = await with_files(state, model)
     conversation_id = request.headers.get("x-conversation-id")
     if conversation_id:  # an empty id asks for no session, as in llama-server
         session = state.streams.start(conversation_id, model, route, body, autoload)

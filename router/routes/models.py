@@ -12,9 +12,10 @@ from starlette.routing import Route
 
 from router.catalog import ModelSpec
 from router.downloads import Download
+from router.flags import command_line
 from router.responses import EventsResponse
 from router.routes.common import json_response, read_body, router_state, success
-from router.state import find_model, reload_catalog
+from router.state import find_model, reload_catalog, with_files
 from router.supervisor import Model, Status, load_progress
 from workers.errors import ApiError
 from workers.schema import decode_body
@@ -34,9 +35,7 @@ def command_args(spec: ModelSpec) -> list[str]:
     args = ["llama-router-model", "--model", spec.path or ""]
     if spec.mmproj:
         args += ["--mmproj", spec.mmproj]
-    for key, value in sorted(spec.flags.items()):
-        args += [f"--{key}", value]
-    return [*args, "--alias", spec.id]
+    return [*args, *command_line(spec.flags), "--alias", spec.id]
 
 
 def model_entry(model: Model, created: int) -> dict[str, Any]:
@@ -98,7 +97,8 @@ async def list_models(request: Request) -> Response:
     if request.query_params.get("reload") or state.downloads.take_finished():
         reload_catalog(state)
     created = int(time.time())
-    data = [model_entry(model, created) for model in state.supervisor.models.values()]
+    models = state.supervisor.models.values()
+    data = [model_entry(model, created) for model in models if not model.spec.hidden]
     data += [download_entry(d, created) for d in state.downloads.entries()]
     return json_response({"object": "list", "data": data})
 
@@ -116,6 +116,7 @@ def _find(request: Request, name: str, unknown_status: int) -> Model:
 
 async def load_model(request: Request) -> Response:
     model = _find(request, await _model_name(request), 404)
+    model = await with_files(router_state(request), model)
     await router_state(request).supervisor.load(model)
     if model.failed and model.status is Status.UNLOADED:
         raise ApiError(500, f"model name={model.id} failed to load: {model.load_error}")

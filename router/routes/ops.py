@@ -8,8 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import single_model
+from router.flags import unapplied
 from router.routes.common import json_response, query_flag, router_state
-from router.state import find_model
+from router.state import find_model, with_files
 from router.supervisor import Model, Status
 from workers.errors import ApiError
 
@@ -29,9 +31,11 @@ async def health(request: Request) -> Response:
 
 async def props(request: Request) -> Response:
     name = request.query_params.get("model")
+    config = router_state(request).config
+    if not name and single_model.requested(config):
+        name = next(iter(router_state(request).supervisor.models))  # as llama-server -m answers
     if name:
         return await model_props(request, name)
-    config = router_state(request).config
     return json_response(
         {
             "role": "router",
@@ -43,6 +47,7 @@ async def props(request: Request) -> Response:
             "ui_settings": {},
             "build_info": build_info(),
             "cors_proxy_enabled": False,
+            "unapplied_flags": [f"--{name}" for name in config.unapplied_flags],
         }
     )
 
@@ -63,6 +68,8 @@ async def model_props(request: Request, name: str) -> Response:
             "eos_token": info.get("eos_token", ""),
             "build_info": build_info(),
             "is_sleeping": model.status is Status.SLEEPING,
+            "kv_cache": info.get("kv_cache"),
+            "unapplied_flags": [f"--{name}" for name in unapplied(model.spec.flags)],
         }
     )
 
@@ -93,6 +100,8 @@ async def _started_model(request: Request, name: str) -> Model:
         raise ApiError(400, f"model '{name}' not found")
     if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):
         autoload = query_flag(request, "autoload", state.config.models_autoload)
+        if autoload:
+            model = await with_files(state, model)
         lease = await state.supervisor.acquire(model, autoload, touch=False)
         state.supervisor.release(lease)
     return model

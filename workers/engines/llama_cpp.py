@@ -6,6 +6,7 @@ import base64
 import ctypes
 import gc
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,9 +43,93 @@ POOLING = {
 CancelCheck = Callable[[], bool]
 
 
+GGML_TYPES = {
+    "f32": llama_lib.GGML_TYPE_F32,
+    "f16": llama_lib.GGML_TYPE_F16,
+    "bf16": 30,  # GGML_TYPE_BF16, which llama-cpp-python does not export
+    "q8_0": llama_lib.GGML_TYPE_Q8_0,
+    "q4_0": llama_lib.GGML_TYPE_Q4_0,
+    "q4_1": llama_lib.GGML_TYPE_Q4_1,
+    "iq4_nl": llama_lib.GGML_TYPE_IQ4_NL,
+    "q5_0": llama_lib.GGML_TYPE_Q5_0,
+    "q5_1": llama_lib.GGML_TYPE_Q5_1,
+}
+FLASH_ATTN = {
+    "on": llama_lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    "auto": llama_lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+}
+SPLIT_MODES = {
+    "none": llama_lib.LLAMA_SPLIT_MODE_NONE,
+    "layer": llama_lib.LLAMA_SPLIT_MODE_LAYER,
+    "row": llama_lib.LLAMA_SPLIT_MODE_ROW,
+}
+ROPE_SCALINGS = {
+    None: llama_lib.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+    "none": llama_lib.LLAMA_ROPE_SCALING_TYPE_NONE,
+    "linear": llama_lib.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+    "yarn": llama_lib.LLAMA_ROPE_SCALING_TYPE_YARN,
+}
+
+
 @contextmanager
-def _load_progress(report: Callable[[float], None]) -> Iterator[None]:
-    """Hook llama.cpp's load progress callback into Llama(), which does not expose it."""
+def _flash_attention(kind: int) -> Iterator[None]:
+    """Llama() knows flash attention only as on or off; llama-server's default is `auto`
+    (on wherever the backend supports it), so the context is created with llama.cpp's own."""
+    init = llama_lib.llama_init_from_model
+
+    def init_with_flash_attention(model: Any, params: Any) -> Any:
+        params.flash_attn_type = kind
+        return init(model, params)
+
+    llama_lib.llama_init_from_model = init_with_flash_attention
+    try:
+        yield
+    finally:
+        llama_lib.llama_init_from_model = init
+
+
+_KV_CACHE_LINE = re.compile(
+    r"llama_kv_cache: size = +(?P<size>[\d.]+) MiB.*K \((?P<type_k>\w+)\): +(?P<k>[\d.]+) MiB, "
+    r"V \((?P<type_v>\w+)\): +(?P<v>[\d.]+) MiB"
+)
+
+
+@contextmanager
+def _llama_log(lines: list[str]) -> Iterator[None]:
+    """llama.cpp's own log lines while loading: what it made of the settings (the KV cache it
+    allocated), whatever llama-cpp-python's verbosity."""
+    from llama_cpp._logger import llama_log_callback
+
+    @llama_lib.llama_log_callback
+    def collect(_level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_lib.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_lib.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
+
+
+def _kv_cache(lines: list[str]) -> dict[str, Any] | None:
+    """The KV cache llama.cpp reported allocating: total MiB, and K and V types and sizes."""
+    for line in lines:
+        if match := _KV_CACHE_LINE.search(line):
+            return {
+                "size_mib": float(match["size"]),
+                "type_k": match["type_k"],
+                "type_v": match["type_v"],
+                "k_mib": float(match["k"]),
+                "v_mib": float(match["v"]),
+            }
+    return None
+
+
+@contextmanager
+def _model_params(report: Callable[[float], None], repack: bool) -> Iterator[None]:
+    """Model parameters Llama() does not expose: llama.cpp's load progress callback, and
+    whether weights may move into repacked (extra) buffers."""
     default_params = llama_lib.llama_model_default_params
 
     @llama_lib.llama_progress_callback
@@ -55,6 +140,7 @@ def _load_progress(report: Callable[[float], None]) -> Iterator[None]:
     def params_with_progress() -> Any:
         params = default_params()
         params.progress_callback = on_progress
+        params.use_extra_bufts = repack
         return params
 
     llama_lib.llama_model_default_params = params_with_progress
@@ -69,6 +155,7 @@ class LlamaEngine:
         self.settings = settings
         self._report_progress = report_progress
         self.llm: llama_cpp.Llama | None = None
+        self.kv_cache: dict[str, Any] | None = None
         self._completions: Completions | None = None
         self._load()
 
@@ -79,7 +166,13 @@ class LlamaEngine:
         if not os.path.isfile(s.path):
             raise FileNotFoundError(f"model file not found: {s.path}")
         pooling = POOLING.get(s.pooling or "", llama_lib.LLAMA_POOLING_TYPE_UNSPECIFIED)
-        with _load_progress(self._report_progress):
+        yarn_factors: dict[str, Any] = dict(s.yarn)
+        log_lines: list[str] = []
+        with (
+            _llama_log(log_lines),
+            _model_params(self._report_progress, _repack(s.repack)),
+            _flash_attention(FLASH_ATTN[s.flash_attn]),
+        ):
             self.llm = llama_cpp.Llama(
                 model_path=s.path,
                 n_ctx=s.ctx_size,
@@ -88,12 +181,32 @@ class LlamaEngine:
                 n_threads=s.threads or DEFAULT_THREADS,
                 n_threads_batch=s.threads_batch or s.threads or DEFAULT_THREADS,
                 n_gpu_layers=s.n_gpu_layers,
+                split_mode=SPLIT_MODES[s.split_mode or "layer"],
+                main_gpu=s.main_gpu,
+                tensor_split=s.tensor_split,
+                use_mmap=s.use_mmap,
+                use_mlock=s.use_mlock,
+                kv_overrides=s.kv_overrides or None,
                 seed=s.seed if s.seed >= 0 else llama_lib.LLAMA_DEFAULT_SEED,
                 embedding=s.embeddings,
                 pooling_type=pooling,
+                type_k=GGML_TYPES[s.cache_type_k],
+                type_v=GGML_TYPES[s.cache_type_v],
+                rope_scaling_type=ROPE_SCALINGS[s.rope_scaling],
+                rope_freq_base=s.rope_freq_base,
+                rope_freq_scale=s.rope_freq_scale,
+                offload_kqv=s.offload_kqv,
+                op_offload=s.op_offload,
+                swa_full=s.swa_full,
                 chat_format=None,
                 verbose=False,
+                **yarn_factors,
             )
+        self.kv_cache = _kv_cache(log_lines)
+        if s.loras:
+            _apply_loras(self.llm, s.loras)
+        if s.embeddings:  # generation by default; an embeddings request switches for its call
+            llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
 
     def sleep(self) -> None:
         self.llm = None
@@ -129,6 +242,7 @@ class LlamaEngine:
             "embeddings": self.settings.embeddings,
             "pooling": _pooling_name(int(llm.pooling_type())) if self.settings.embeddings else None,
             "modalities": {"vision": self.settings.mmproj is not None, "audio": False},
+            "kv_cache": self.kv_cache,
         }
 
     # --- routes -------------------------------------------------------------------------------
@@ -140,9 +254,15 @@ class LlamaEngine:
         return handler(self, body, cancelled)
 
     def _require_generation(self) -> None:
-        if self.settings.embeddings:
+        """As llama-server: `--embeddings` adds embeddings to generation; only an encoder (BERT
+        and its kin: attention that is not causal) cannot generate."""
+        metadata = self.model.metadata
+        architecture = metadata.get("general.architecture", "?")
+        if metadata.get(f"{architecture}.attention.causal") == "false":
             raise ApiError(
-                501, "This server does not support completions. Start it without `--embeddings`"
+                400,
+                f"model '{self.settings.model_id}' is an encoder-only model ({architecture}): "
+                "it makes embeddings and cannot generate text",
             )
 
     @property
@@ -178,7 +298,7 @@ class LlamaEngine:
                 "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
             )
         texts = _embedding_texts(request.input, llm)
-        vectors, tokens = llm.embed(texts, normalize=True, return_count=True)
+        vectors, tokens = self._embed(llm, texts)
         as_base64 = request.encoding_format == "base64"
         data = [
             {
@@ -195,6 +315,18 @@ class LlamaEngine:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return Response.json(200, result)
+
+    @staticmethod
+    def _embed(llm: llama_cpp.Llama, texts: list[str]) -> tuple[list[Any], int]:
+        """The context makes embeddings only for this call, so that generation keeps its logits;
+        embed() clears the KV cache, so nothing cached may be reused afterwards."""
+        llama_lib.llama_set_embeddings(llm._ctx.ctx, True)
+        try:
+            vectors, tokens = llm.embed(texts, normalize=True, return_count=True)
+        finally:
+            llama_lib.llama_set_embeddings(llm._ctx.ctx, False)
+            llm.reset()
+        return vectors, tokens
 
     def tokenize(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_body(body, TokenizeRequest)
@@ -227,6 +359,30 @@ _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
 }
 
 ROUTES = frozenset(_ROUTES)
+
+
+def _repack(asked: bool | None) -> bool:
+    """Whether weights may move into llama.cpp's extra (AMX, repacked) buffers. By default not
+    where this build uses AMX: there the pinned llama.cpp crashes on the first batch of several
+    tokens of any quantized model (llama-server too, unless started with --no-repack)."""
+    if asked is not None:
+        return asked
+    return b"AMX_INT8 = 1" not in llama_lib.llama_print_system_info()
+
+
+def _apply_loras(llm: llama_cpp.Llama, loras: list[tuple[str, float]]) -> None:
+    """Every `--lora`/`--lora-scaled` adapter at its scale (Llama() takes only one). The model
+    frees them with itself."""
+    adapters = []
+    for path, _ in loras:
+        adapter = llama_lib.llama_adapter_lora_init(llm._model.model, path.encode())
+        if not adapter:
+            raise ValueError(f"failed to load LoRA adapter {path}")
+        adapters.append(adapter)
+    array = (llama_lib.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
+    scales = (ctypes.c_float * len(loras))(*(scale for _, scale in loras))
+    if llama_lib.llama_set_adapters_lora(llm._ctx.ctx, array, len(adapters), scales):
+        raise ValueError("failed to apply the LoRA adapters")
 
 
 def _embedding_texts(value: str | list[Any], llm: llama_cpp.Llama) -> list[str]:

@@ -1,0 +1,1 @@
+"""`make conformance`: llama.cpp's own server tests, run against llama-router and llama-server."""
