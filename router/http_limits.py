@@ -1,12 +1,18 @@
-"""The HTTP protocol under the app: uvicorn's httptools protocol with a bound on request heads.
+"""The HTTP protocol under the app: uvicorn's httptools protocol with a bound on request heads,
+writing response header names as llama-server does.
 
 httptools accepts a request line and headers of any size and holds them in memory, so one client
 could make the router buffer megabytes before any route runs. This protocol answers 431 in the
 error shape and closes the connection once a head passes `--max-header-bytes`.
+
+uvicorn writes header names in lower case. They are case-insensitive, but llama.cpp's own tests,
+and clients written like them, look them up in a plain dict as `Access-Control-Allow-Origin`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -20,8 +26,38 @@ class HeadTooLarge(Exception):
     pass
 
 
+class CasedHeaderTransport:
+    """The connection's transport, writing each response head with `Content-Type` casing."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        # uvicorn writes a response head whole, in one call, and its body apart
+        if data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n"):
+            status, *lines = data[:-4].split(b"\r\n")
+            data = b"\r\n".join([status, *map(_cased_line, lines)]) + b"\r\n\r\n"
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _cased_line(line: bytes) -> bytes:
+    name, colon, value = line.partition(b":")
+    return _cased(name) + colon + value
+
+
+@functools.lru_cache(maxsize=256)
+def _cased(name: bytes) -> bytes:
+    return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CasedHeaderTransport(transport))  # type: ignore[arg-type]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -59,7 +59,7 @@ _INFERENCE = {
     "/v1/chat/completions": "OpenAI chat completion",
     "/chat/completions": "OpenAI chat completion",
     "/v1/completions": "OpenAI text completion",
-    "/completions": "OpenAI text completion",
+    "/completions": "llama.cpp native completion (as /completion)",
     "/completion": "llama.cpp native completion",
     "/v1/embeddings": "OpenAI embeddings",
     "/embeddings": "OpenAI embeddings",

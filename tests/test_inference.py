@@ -171,6 +171,30 @@ def test_an_embeddings_model_also_generates_and_an_encoder_refuses_with_a_400(
     assert server.status("encoder") == "loaded"
 
 
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [
+        ("", 1),
+        ([12, 34, "string", 56], 1),
+        (["string1", [12, 34, 56]], 2),
+        ([[12, 34, 56], [12, "string", 34]], 2),
+        ({"prompt_string": "string"}, 1),
+        ({"content": [{"type": "text", "text": "string"}]}, 1),
+        (["a", {"prompt_string": "b"}, {"content": [{"type": "text", "text": "c"}]}], 3),
+    ],
+)
+def test_every_embedding_input_form_of_llama_server(
+    router, tmp_path: Path, models_dir: Path, value: object, count: int
+) -> None:
+    server = with_embedder(router, tmp_path, models_dir)
+    reply = server.post("/v1/embeddings", {"model": "embedder", "input": value})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["data"]) == count
+    same = server.post("/v1/embeddings", {"model": "embedder", "input": "string"}).json()
+    if value == {"prompt_string": "string"}:
+        assert reply.json()["data"][0]["embedding"] == same["data"][0]["embedding"]
+
+
 def test_embeddings_without_pooling_is_a_400_and_disabled_is_a_501(router, tmp_path: Path) -> None:
     models = tmp_path / "emb"
     write_tiny_llama(models / "plain.gguf", seed=4)

@@ -304,3 +304,20 @@ def _within(seconds: float, condition: Any) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_completions_without_v1_answers_as_completion(server: RouterProcess) -> None:
+    """llama-server's `/completions` is its own `/completion`, not the OpenAI route."""
+    body = {"model": "tiny-a", "prompt": "hi", "n_predict": 4, "logit_bias": NO_EOS}
+    reply = server.post("/completions", body)
+    assert reply.status_code == 200, reply.text
+    assert "content" in reply.json() and "choices" not in reply.json()
+
+
+def test_an_unknown_response_format_is_a_400(server: RouterProcess) -> None:
+    body = {"model": "tiny-a", "messages": HI, "max_tokens": 2, "response_format": {"type": "x"}}
+    reply = server.post("/v1/chat/completions", body)
+    assert reply.status_code == 400
+    assert "response_format type must be one of" in reply.json()["error"]["message"]
+    text = {**body, "response_format": {"type": "text"}}
+    assert server.post("/v1/chat/completions", text).status_code == 200

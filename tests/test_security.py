@@ -93,6 +93,9 @@ def test_cors_answers_as_llama_server(router, models_dir: Path) -> None:
     assert plain.status_code == 200
     simple = server.get("/health", headers={"Origin": "http://localhost:5173"})
     assert simple.headers["access-control-allow-origin"] == "http://localhost:5173"
+    # names cased as llama-server writes them: its own tests read them from a plain dict
+    assert dict(simple.headers)["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert dict(simple.headers)["Content-Type"] == "application/json"
 
 
 def test_host_takes_several_addresses(router, models_dir: Path) -> None:

@@ -83,7 +83,7 @@ class CompletionRequest(Sampling, kw_only=True):
 
 
 class EmbeddingRequest(msgspec.Struct):
-    input: str | list[str | int | list[int]] = ""
+    input: str | list[str | int | list[int | str] | dict[str, Any]] | dict[str, Any] = ""
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
 

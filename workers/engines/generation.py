@@ -96,7 +96,11 @@ def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
             return _parsed(LlamaGrammar.from_string(request["grammar"], verbose=False), vocab)
         schema = request.get("json_schema")
         response_format = request.get("response_format") or {}
-        if response_format.get("type") == "json_schema":
+        kind = response_format.get("type") or "text"
+        if kind not in ("text", "json_object", "json_schema"):
+            message = 'response_format type must be one of "text" or "json_object", but got: '
+            raise ApiError(400, message + str(kind))
+        if kind == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", {})
         elif response_format.get("type") == "json_object":
             schema = response_format.get("schema")

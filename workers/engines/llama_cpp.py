@@ -19,6 +19,7 @@ import psutil
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
 from workers.engines.generation import checked_tokens
+from workers.engines.prompts import embedding_texts
 from workers.engines.response import Response
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
@@ -297,7 +298,7 @@ class LlamaEngine:
                 400,
                 "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
             )
-        texts = _embedding_texts(request.input, llm)
+        texts = embedding_texts(request.input, llm)
         vectors, tokens = self._embed(llm, texts)
         as_base64 = request.encoding_format == "base64"
         data = [
@@ -350,7 +351,7 @@ _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
     "/v1/chat/completions": LlamaEngine.chat,
     "/chat/completions": LlamaEngine.chat,
     "/v1/completions": LlamaEngine.text_completions,
-    "/completions": LlamaEngine.text_completions,
+    "/completions": LlamaEngine.native_completion,  # as in llama-server: not the OpenAI shape
     "/completion": LlamaEngine.native_completion,
     "/v1/embeddings": LlamaEngine.embeddings,
     "/embeddings": LlamaEngine.embeddings,
@@ -383,28 +384,6 @@ def _apply_loras(llm: llama_cpp.Llama, loras: list[tuple[str, float]]) -> None:
     scales = (ctypes.c_float * len(loras))(*(scale for _, scale in loras))
     if llama_lib.llama_set_adapters_lora(llm._ctx.ctx, array, len(adapters), scales):
         raise ValueError("failed to apply the LoRA adapters")
-
-
-def _embedding_texts(value: str | list[Any], llm: llama_cpp.Llama) -> list[str]:
-    """Strings, one token list, or several token lists, as llama-server accepts them."""
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif value and all(isinstance(item, int) for item in value):
-        items = [value]
-    else:
-        items = value
-    texts = []
-    for item in items:
-        if isinstance(item, list) and all(isinstance(token, int) for token in item):
-            item = llm.detokenize(checked_tokens(item, llm)).decode("utf-8", errors="replace")
-        if not isinstance(item, str):
-            raise ApiError(400, "input must be a string, a list of strings or token ids")
-        if not item:
-            raise ApiError(400, "Input content cannot be empty")
-        texts.append(item)
-    if not texts:
-        raise ApiError(400, "Input content cannot be empty")
-    return texts
 
 
 def _base64_floats(vector: list[float]) -> str:

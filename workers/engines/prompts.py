@@ -29,6 +29,35 @@ def completion_prompts(prompt: Any, llm: llama_cpp.Llama, has_projector: bool) -
     return [_prompt_tokens(one, llm, has_projector) for one in prompts]
 
 
+def embedding_texts(value: Any, llm: llama_cpp.Llama) -> list[str]:
+    """The texts to embed, from every `input` form llama-server takes: a text, token ids mixed
+    with texts, `{"prompt_string"}` or `{"content": [parts]}` objects, or a list of those."""
+    several = isinstance(value, list) and not any(_is_token(item) for item in value)
+    items = value if several else [value]
+    if not items:
+        raise ApiError(400, "Input content cannot be empty")
+    texts = []
+    for item in items:
+        if isinstance(item, dict):
+            item = item["prompt_string"] if "prompt_string" in item else _parts_text(item)
+        if isinstance(item, list):
+            tokens = _prompt_tokens(item, llm, has_projector=False)
+            item = llm.detokenize(tokens).decode("utf-8", errors="replace")
+        if not isinstance(item, str):
+            raise ApiError(400, BAD_PROMPT)
+        texts.append(item)
+    return texts
+
+
+def _parts_text(item: dict[str, Any]) -> Any:
+    content = item.get("content")
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        if all(isinstance(text, str) for text in texts):
+            return "".join(str(text) for text in texts)
+    return content
+
+
 def _prompt_tokens(prompt: Any, llm: llama_cpp.Llama, has_projector: bool) -> list[int]:
     if isinstance(prompt, dict):
         if "multimodal_data" in prompt:
