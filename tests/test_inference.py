@@ -195,6 +195,15 @@ def test_every_embedding_input_form_of_llama_server(
         assert reply.json()["data"][0]["embedding"] == same["data"][0]["embedding"]
 
 
+def test_embedding_inputs_llama_server_refuses_are_a_400(
+    router, tmp_path: Path, models_dir: Path
+) -> None:
+    server = with_embedder(router, tmp_path, models_dir)
+    for refused in ([], {"content": "string"}, {"content": [{"type": "unknown"}]}):
+        bad = server.post("/v1/embeddings", {"model": "embedder", "input": refused})
+        assert bad.status_code == 400, (refused, bad.text)
+
+
 def test_embeddings_without_pooling_is_a_400_and_disabled_is_a_501(router, tmp_path: Path) -> None:
     models = tmp_path / "emb"
     write_tiny_llama(models / "plain.gguf", seed=4)

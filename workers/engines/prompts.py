@@ -49,13 +49,18 @@ def embedding_texts(value: Any, llm: llama_cpp.Llama) -> list[str]:
     return texts
 
 
-def _parts_text(item: dict[str, Any]) -> Any:
+def _parts_text(item: dict[str, Any]) -> str | None:
+    """The text of `{"content": [{"type": "text", "text": ...}, ...]}`; None for anything else
+    (a bare string content included, as llama-server refuses it)."""
     content = item.get("content")
-    if isinstance(content, list):
-        texts = [part.get("text") for part in content if isinstance(part, dict)]
-        if all(isinstance(text, str) for text in texts):
-            return "".join(str(text) for text in texts)
-    return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [part.get("text") if isinstance(part, dict) else None for part in content]
+    if not all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        return None
+    if not all(isinstance(text, str) for text in texts):
+        return None
+    return "".join(str(text) for text in texts)
 
 
 def _prompt_tokens(prompt: Any, llm: llama_cpp.Llama, has_projector: bool) -> list[int]:
