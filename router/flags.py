@@ -71,6 +71,11 @@ APPLIED_MODEL_FLAGS = frozenset(
         "lora",
         "lora-scaled",
         "override-kv",
+    }
+)
+# Generation flags, forwarded to the engine as sampling defaults under these names.
+SAMPLING_FLAGS = frozenset(
+    {
         "temp",
         "top-k",
         "top-p",
@@ -197,5 +202,5 @@ def command_line(flags: dict[str, str]) -> list[str]:
 
 def unapplied(keys: Iterable[str], used_by_router: Iterable[str] = ()) -> list[str]:
     """The llama-server flags among `keys` that nothing here honours."""
-    used = {*APPLIED_MODEL_FLAGS, *PRESET_ONLY_KEYS, *used_by_router}
+    used = {*APPLIED_MODEL_FLAGS, *SAMPLING_FLAGS, *PRESET_ONLY_KEYS, *used_by_router}
     return sorted(key for key in set(keys) if key not in used)

@@ -5,21 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.config import parse_bool
+from router.flags import SAMPLING_FLAGS
 from workers.protocol import ModelSettings
 
-# Generation flags are forwarded to the engine as sampling defaults under these names.
-SAMPLING_FLAGS = frozenset(
-    {
-        "temp",
-        "top-k",
-        "top-p",
-        "min-p",
-        "typical",
-        "repeat-penalty",
-        "presence-penalty",
-        "frequency-penalty",
-    }
-)
 # llama.cpp's KV cache types, with their size in bytes per value (blocks of 32 for quantized).
 CACHE_TYPE_BYTES = {
     "f32": 4.0,

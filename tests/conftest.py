@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakehub import TINY_REPO, FakeHub
 from tests.server import RouterProcess
 from tests.tinymodels import write_slow_llama, write_tiny_llama
 
@@ -33,3 +34,13 @@ def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     yield start
     for server in started:
         server.stop_and_check()
+
+
+@pytest.fixture
+def hub(models_dir: Path) -> Iterator[FakeHub]:
+    """A local hub holding TINY_REPO with a Q4_K_M and a Q8_0 file."""
+    hub = FakeHub()
+    hub.add(TINY_REPO, "tiny-Q4_K_M.gguf", (models_dir / "tiny-a.gguf").read_bytes())
+    hub.add(TINY_REPO, "tiny-Q8_0.gguf", (models_dir / "tiny-b.gguf").read_bytes())
+    yield hub
+    hub.close()

@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 CHUNK = 32 * 1024
+# A repo of two tiny models, as the `hub` fixture (tests/conftest.py) serves it.
+TINY_REPO = "acme/tiny-GGUF"
 
 
 class FakeHub:

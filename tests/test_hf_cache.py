@@ -8,18 +8,17 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.fakehub import TINY_REPO as REPO
 from tests.fakehub import FakeHub
 from tests.server import RouterProcess, free_port
 from tests.test_events import EventReader
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-REPO = "acme/tiny-GGUF"
 REFERENCE = Path(os.environ.get("LLAMA_SERVER_BIN", "/tmp/llama-ref/build/bin/llama-server"))
 
 
@@ -48,15 +47,6 @@ def listed(server: RouterProcess) -> dict[str, dict]:
 def completes(server: RouterProcess, model: str) -> bool:
     reply = server.post("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2})
     return reply.status_code == 200 and reply.json()["model"] == model
-
-
-@pytest.fixture
-def hub(models_dir: Path) -> Iterator[FakeHub]:
-    hub = FakeHub()
-    hub.add(REPO, "tiny-Q4_K_M.gguf", (models_dir / "tiny-a.gguf").read_bytes())
-    hub.add(REPO, "tiny-Q8_0.gguf", (models_dir / "tiny-b.gguf").read_bytes())
-    yield hub
-    hub.close()
 
 
 def test_llama_server_downloads_are_listed_served_and_removable(

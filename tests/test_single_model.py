@@ -4,26 +4,16 @@ request that names no model."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fakehub import TINY_REPO as REPO
 from tests.fakehub import FakeHub
 from tests.server import RouterProcess
 from tests.test_hf_cache import lay_out_like_llama_server
 
-REPO = "acme/tiny-GGUF"
 UNREACHABLE = "http://127.0.0.1:1"
-
-
-@pytest.fixture
-def hub(models_dir: Path) -> Iterator[FakeHub]:
-    hub = FakeHub()
-    hub.add(REPO, "tiny-Q4_K_M.gguf", (models_dir / "tiny-a.gguf").read_bytes())
-    hub.add(REPO, "tiny-Q8_0.gguf", (models_dir / "tiny-b.gguf").read_bytes())
-    yield hub
-    hub.close()
 
 
 def entries(server: RouterProcess) -> list[dict]:
