@@ -405,6 +405,7 @@ class Supervisor:
             return
         for model in self.models.values():  # nobody waits for a slot: nothing needs to drain
             if model.draining:
+                log.info("no longer draining %s: nobody waits for its slot", model.id)
                 model.draining = False
                 model.mark_changed()
 

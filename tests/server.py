@@ -92,6 +92,13 @@ class RouterProcess:
             time.sleep(0.02)
         raise TimeoutError(f"{model_id} never became {value}: {self.model(model_id)}")
 
+    def wait_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the log never said {text!r}:\n{self.log()}")
+            time.sleep(0.02)
+
     def worker_pids(self) -> set[int]:
         try:
             return {child.pid for child in psutil.Process(self.proc.pid).children(recursive=True)}

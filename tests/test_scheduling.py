@@ -247,11 +247,17 @@ def test_reload_picks_up_changes(router, models_dir: Path, tmp_path: Path) -> No
 
 def test_a_drain_is_called_off_when_its_waiter_leaves(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--models-max", "1")
-    slow = busy(server, tokens=300)
-    with contextlib.suppress(requests.Timeout):  # tiny-a's client gives up while slow drains
-        requests.post(server.url + "/v1/completions", json=short("tiny-a"), timeout=0.5)
-    assert slow.result() == 200
+    endless = {**short("slow"), "max_tokens": 3000, "logit_bias": NO_EOS, "stream": True}
+    url = server.url + "/v1/completions"
+    with requests.post(url, json=endless, stream=True, timeout=60) as slow:
+        lines = slow.iter_lines()  # kept: dropping the generator would close the connection
+        assert next(lines)  # slow is generating, for seconds more on any machine
+        with contextlib.suppress(requests.Timeout):  # tiny-a's client gives up while slow drains
+            requests.post(url, json=short("tiny-a"), timeout=0.5)
+        server.wait_log("no longer draining slow")
+    # slow's client has left too: slow is idle, and nobody waits for tiny-a
     started = time.monotonic()
     assert server.post("/v1/completions", short("slow"), timeout=10).ok
     assert time.monotonic() - started < 3  # served, not parked behind a drain for nobody
     assert loads_of(server, "slow") == 1
+    assert loads_of(server, "tiny-a") == 0
