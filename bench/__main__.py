@@ -13,12 +13,13 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from bench import downloads, measure, scheduling, streams
+from bench import cores, downloads, measure, scheduling, slots, streams
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.bundled import BUNDLED_DIR, gemma_model
 from router.config import default_cache_dir
@@ -31,9 +32,11 @@ GEMMA_EOS = [1, 106]  # <eos>, <end_of_turn>
 
 def engine_latencies(model_path: Path, count: int) -> list[float]:
     """The same warm request handled by the engine in this process: no HTTP, no pipe, no ring."""
+    from workers.cores import WorkerCores
     from workers.engines.llama_cpp import LlamaEngine
 
-    engine = LlamaEngine(model_settings("direct", str(model_path), None, {}), lambda _: None)
+    settings = model_settings("direct", str(model_path), None, {})
+    engine = LlamaEngine(settings, lambda _: None, WorkerCores.alone(), lambda: None)
     body = msgspec.json.encode(measure.completion("direct"))
     engine.handle("/v1/completions", body, lambda: False)
     latencies = []
@@ -93,7 +96,7 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    every = ["core", "scheduling", "streams", "downloads"]
+    every = ["core", "scheduling", "streams", "downloads", "cores", "slots"]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument(
         "--session-tokens", type=int, default=9000, help="about 4 MiB of events on tiny models"
     )
+    parser.add_argument("--runs", type=int, default=3, help="repeats of the cores and slots parts")
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
     args.parts = args.parts or every
@@ -150,10 +154,85 @@ def main() -> None:
         )
         print("\ndownloads:", json.dumps(fetched, indent=2))
         results["downloads"] = fetched
+    if "cores" in args.parts:
+        results["cores"] = compare_runs(
+            "several busy models, -c 1024 --models-max 3",
+            lambda target: cores.run(target.url, core_families(models), args.tokens),
+            lambda: router_target(models, work / "cache", ["-c", "1024", "--models-max", "3"]),
+            reference
+            and (lambda: reference_target(reference, models, ["-c", "1024", "--models-max", "3"])),
+            work,
+            args.runs,
+        )
+    if "slots" in args.parts:
+        parallel = ["-c", "4096", "-np", "4", "--models-max", "1"]
+        results["slots"] = compare_runs(
+            "one model, -np 4",
+            lambda target: slots.run(target.url, "gemma", args.tokens),
+            lambda: router_target(models, work / "cache", parallel),
+            reference and (lambda: reference_target(reference, models, parallel)),
+            work,
+            args.runs,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nraw figures: {out}   (server logs: {work})")
+
+
+def core_families(models: Path) -> dict[str, list[str]]:
+    """Three names for each of two models (the same file under each name): slow-a/b/c, a small
+    test model, and gemma-a/b/c, the bundled Gemma; and tiny-a."""
+    families: dict[str, list[str]] = {"slow": [], "gemma": []}
+    slow = models / "slow.gguf"
+    if not slow.exists():
+        write_slow_llama(slow)
+    for family, source in (("slow", slow), ("gemma", models / "gemma.gguf")):
+        for letter in "abc":
+            name = f"{family}-{letter}"
+            link = models / f"{name}.gguf"
+            if not link.exists():
+                link.symlink_to(source.resolve())
+            families[family].append(name)
+    tiny = models / "tiny-a.gguf"
+    if not tiny.exists():
+        tiny.symlink_to((models / "tiny-0.gguf").resolve())
+    return families
+
+
+def compare_runs(
+    title: str,
+    measure_one: Callable[[Target], dict[str, float]],
+    ours: Callable[[], Target],
+    theirs: Callable[[], Target] | None,
+    work: Path,
+    runs: int,
+) -> dict[str, Any]:
+    """Each server in turn, `runs` times, alternating; medians, spreads and their ratio."""
+    figures: dict[str, list[dict[str, float]]] = {"llama-router": []}
+    makers = {"llama-router": ours}
+    if theirs:
+        figures["llama-server"] = []
+        makers["llama-server"] = theirs
+    for _ in range(runs):
+        for name, make in makers.items():
+            target = make()
+            target.start(work)
+            try:
+                figures[name].append(measure_one(target))
+            finally:
+                target.stop()
+    print(f"\n{title}: median of {runs} runs (min-max)")
+    print(f"{'measure':34} {'llama-router':>22} {'llama-server':>22} {'ratio':>6}")
+    for key in figures["llama-router"][0]:
+        cells, medians = [], []
+        for name in makers:
+            values = [run[key] for run in figures[name]]
+            medians.append(statistics.median(values))
+            cells.append(f"{medians[-1]:.3g} ({min(values):.3g}-{max(values):.3g})")
+        ratio = f"{medians[0] / medians[1]:6.2f}" if len(medians) == 2 and medians[1] else ""
+        print(f"{key:34} {cells[0]:>22} {cells[1] if len(cells) > 1 else '':>22} {ratio}")
+    return figures
 
 
 def report(results: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -79,7 +80,15 @@ def router_target(models_dir: Path, cache_dir: Path, flags: list[str]) -> Target
     return Target("llama-router", [*command, "--log-level", "info", *flags], port)
 
 
+def _has_amx() -> bool:
+    with contextlib.suppress(OSError):
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    return False
+
+
 def reference_target(binary: str, models_dir: Path, flags: list[str]) -> Target:
+    """Where the CPU has AMX, llama-server runs with --no-repack: llama-router's default there,
+    since this llama.cpp crashes on repacked quantized weights (workers/engines/llama_cpp.py)."""
     port = free_port()
     command = [binary, "--port", str(port), "--models-dir", str(models_dir), *flags]
-    return Target("llama-server", command, port)
+    return Target("llama-server", [*command, *(["--no-repack"] if _has_amx() else [])], port)

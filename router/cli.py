@@ -30,6 +30,7 @@ from router.model_settings import model_settings
 from router.presets import PresetError, split_list
 from router.routes.ops import build_info
 from router.state import RouterState
+from workers.cores import physical_cores
 from workers.download import DownloadError
 from workers.errors import ApiError
 
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes a resumable stream keeps for replay",
     )
     add(
+        "--response-buffer-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="bytes an answer may run ahead of a client that reads slowly",
+    )
+    add(
         "--stream-ttl-seconds",
         type=float,
         default=300.0,
@@ -198,12 +205,15 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         cache_dir=args.cache_dir,
         stream_buffer_bytes=args.stream_buffer_bytes,
         stream_ttl_seconds=args.stream_ttl_seconds,
+        response_buffer_bytes=args.response_buffer_bytes,
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,
         debug_fake_timing=bool(os.environ.get("LLAMA_SERVER_DEBUG_FAKE_TIMING")),
+        threads=int(model_flags.get("threads") or 0) or physical_cores(),
+        poll=int(model_flags["poll"]) if "poll" in model_flags else None,
         model_flags=model_flags,
-        unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS),
+        unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS | {"poll"}),
     )
 
 

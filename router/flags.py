@@ -34,6 +34,8 @@ _PRESET_BOOLEANS = frozenset({"load-on-startup", "pin", "dedup-cache-models"})
 APPLIED_MODEL_FLAGS = frozenset(
     {
         "ctx-size",
+        "parallel",
+        "kv-unified",
         "threads",
         "threads-batch",
         "batch-size",

@@ -39,6 +39,10 @@ YARN_FLAGS = {
 }
 
 
+# llama-server's `-np -1` (its default): four slots sharing one KV cache
+AUTO_SLOTS = 4
+
+
 def model_settings(
     model_id: str, path: str, mmproj: str | None, flags: dict[str, str]
 ) -> ModelSettings:
@@ -64,6 +68,7 @@ def model_settings(
 
     use_mmap, use_mlock = LOAD_MODES[choice("load-mode", frozenset(LOAD_MODES), "auto")]
     sampling = {key: float(value) for key, value in flags.items() if key in SAMPLING_FLAGS}
+    parallel = integer("parallel", -1)
     rope_freq_scale = number("rope-freq-scale", 0.0)
     if "rope-scale" in flags:
         rope_freq_scale = 1.0 / float(flags["rope-scale"])
@@ -72,6 +77,7 @@ def model_settings(
         path=path,
         mmproj=flags.get("mmproj", mmproj),
         ctx_size=integer("ctx-size", 4096),
+        parallel=parallel if parallel > 0 else AUTO_SLOTS,
         threads=optional_int("threads"),
         threads_batch=optional_int("threads-batch"),
         batch_size=integer("batch-size", 2048),

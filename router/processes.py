@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from workers import model as model_worker
+from workers.cores import CoreTable
 from workers.protocol import (
     Command,
     CommandCodec,
@@ -30,6 +31,16 @@ log = logging.getLogger("llama-router")
 
 _SPAWN = multiprocessing.get_context("spawn")
 _TERM_GRACE = 1.0
+# libgomp's spin count when nothing sets it: what llama-server's default `--poll 50` maps to
+_OPENMP_DEFAULT_SPIN = 300_000
+
+
+def apply_poll(poll: int | None) -> None:
+    """llama-server's `--poll` (0-100: how long a waiting thread polls before it sleeps) for
+    the workers' llama.cpp, whose threads come from OpenMP here: GOMP_SPINCOUNT in the
+    environment the workers inherit. Without `--poll`, libgomp's own default."""
+    if poll is not None:
+        os.environ["GOMP_SPINCOUNT"] = str(_OPENMP_DEFAULT_SPIN * max(poll, 0) // 50)
 
 
 def _ignore_event(event: Event) -> None:
@@ -43,7 +54,7 @@ def _ignore_exit(code: int) -> None:
 class WorkerProcess:
     """A model worker seen from the router: its process, its pipe, and how it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, cores: CoreTable) -> None:
         self.model_id = "(spare)"
         self._on_event: Callable[[Event], None] = _ignore_event
         self._on_exit: Callable[[int], None] = _ignore_exit
@@ -52,8 +63,12 @@ class WorkerProcess:
         self._loop = asyncio.get_running_loop()
         self.conn, child_conn = _SPAWN.Pipe(duplex=True)
         self.heartbeat = _SPAWN.Value("d", time.monotonic(), lock=False)
+        self._cores = cores
+        self.cell = cores.take_cell()
         self.process = _SPAWN.Process(
-            target=model_worker.run, args=(child_conn, self.heartbeat), name="llama-router-model"
+            target=model_worker.run,
+            args=(child_conn, self.heartbeat, cores.cells, self.cell),
+            name="llama-router-model",
         )
         self.process.start()
         child_conn.close()
@@ -115,6 +130,7 @@ class WorkerProcess:
         self.process.join(timeout=1)
         code = self.process.exitcode
         self.exit_code = code if code is not None else -1
+        self._cores.give_back(self.cell)
         log.info("worker %s (pid %d) exited with %s", self.model_id, self.pid, self.exit_code)
         self._exited.set_result(self.exit_code)
         self._on_exit(self.exit_code)
@@ -191,20 +207,23 @@ class SpareWorkers:
     """Keeps one worker started and imported ahead of need, so a cold load pays only for
     reading the model, not for starting Python and importing llama.cpp."""
 
-    def __init__(self) -> None:
+    def __init__(self, cores: CoreTable) -> None:
+        self._cores = cores
         self._spare: WorkerProcess | None = None
         self._closed = False
         self._stopping: set[asyncio.Task[int]] = set()
 
     def take(self) -> WorkerProcess:
-        spare = self._spare if self._spare is not None and self._spare.alive else WorkerProcess()
+        spare = self._spare
+        if spare is None or not spare.alive:
+            spare = WorkerProcess(self._cores)
         self._spare = None
         self._loop_later(self._refill)
         return spare
 
     def _refill(self) -> None:
         if not self._closed and (self._spare is None or not self._spare.alive):
-            self._spare = WorkerProcess()
+            self._spare = WorkerProcess(self._cores)
 
     @staticmethod
     def _loop_later(callback: Callable[[], None]) -> None:

@@ -31,9 +31,11 @@ import psutil
 
 from router.catalog import ModelSpec
 from router.config import RouterConfig
+from router.cores import CoreMeter
 from router.gguf_memory import memory_needed
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
-from router.processes import SpareWorkers, WorkerProcess
+from router.processes import SpareWorkers, WorkerProcess, apply_poll
+from workers.cores import CoreTable
 from workers.errors import ApiError
 from workers.protocol import (
     Event,
@@ -218,7 +220,10 @@ class Supervisor:
         self._publishers: list[Publisher] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
-        self._spares = SpareWorkers()
+        apply_poll(config.poll)
+        self.cores = CoreTable(config.threads)
+        self._core_meter = CoreMeter(self.cores, config.threads)
+        self._spares = SpareWorkers(self.cores)
 
     # --- names --------------------------------------------------------------------------------
 
@@ -575,6 +580,7 @@ class Supervisor:
             self.tick(time.monotonic())
 
     def tick(self, now: float) -> None:
+        self._core_meter.measure()
         sleep_after = self.config.sleep_idle_seconds
         for model in self.models.values():
             if self._hung(model, now) and model.worker is not None:

@@ -70,7 +70,7 @@ def test_worker_killed_during_non_streamed_request_answers_500(router, models_di
 def test_requests_a_killed_worker_never_picked_up_are_served_by_the_next(
     router, models_dir: Path
 ) -> None:
-    server = router("--models-dir", str(models_dir))
+    server = router("--models-dir", str(models_dir), "--parallel", "1")
     hog = busy(server, tokens=3000)  # the worker is on this one; the next ones wait in its pipe
     queued = [Call(server, {"model": "slow", "prompt": "x", "max_tokens": 3}) for _ in range(3)]
     time.sleep(0.3)

@@ -222,7 +222,7 @@ def test_a_prompt_longer_than_the_context(server: RouterProcess) -> None:
 
 
 def test_timings_on_answers_and_on_the_last_chunk(server: RouterProcess) -> None:
-    body = native(server, prompt="x", logit_bias=NO_EOS).json()
+    body = native(server, prompt="x", logit_bias=NO_EOS, cache_prompt=False).json()
     assert set(body["timings"]) == TIMINGS
     assert body["timings"]["prompt_n"] == body["tokens_evaluated"]
     assert body["timings"]["predicted_n"] == body["tokens_predicted"] == 4
@@ -276,8 +276,8 @@ def test_a_request_whose_client_left_frees_the_slot(server: RouterProcess) -> No
     def slot() -> dict[str, Any]:
         reply = server.get("/slots", params={"model": "slow"})
         assert reply.status_code == 200, reply.text
-        [only] = reply.json()
-        return dict(only)
+        assert len(reply.json()) == 4  # llama-server's automatic number of slots
+        return dict(reply.json()[0])
 
     assert slot()["is_processing"] is False
     body = {"model": "slow", "prompt": "I believe the meaning of life is", "logit_bias": NO_EOS}

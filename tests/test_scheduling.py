@@ -6,6 +6,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,23 @@ class Call(threading.Thread):
         return self.status
 
 
-def busy(server: RouterProcess, model: str = "slow", tokens: int = 400) -> Call:
-    """Keep `model` generating for a couple of seconds; returns once it is really in flight."""
+def busy(server: RouterProcess, model: str = "slow", tokens: int = 1000) -> Call:
+    """Keep `model` generating for a second or more; returns once it is really in flight."""
     call = Call(server, {"model": model, "prompt": "x", "max_tokens": tokens, "logit_bias": NO_EOS})
     server.wait_status(model, "loaded")
     time.sleep(0.2)  # the request reaches the worker right after the load
     return call
+
+
+@contextlib.contextmanager
+def streaming(server: RouterProcess, model: str) -> Iterator[None]:
+    """Keep `model` generating, however fast it is, until the block ends and closes the stream."""
+    endless = {**short(model), "max_tokens": 3000, "logit_bias": NO_EOS, "stream": True}
+    url = server.url + "/v1/completions"
+    with requests.post(url, json=endless, stream=True, timeout=60) as reply:
+        lines = reply.iter_lines()  # kept: dropping the generator would close the connection
+        assert next(lines)
+        yield
 
 
 def loads_of(server: RouterProcess, model: str) -> int:
@@ -92,16 +104,16 @@ def test_a_busy_model_is_never_evicted(router, models_dir: Path) -> None:
     assert server.status("slow") == "loaded"
     assert server.status("tiny-b") == "unloaded"
     assert slow.result() == 200
-    assert json.loads(slow.text)["usage"]["completion_tokens"] == 400
+    assert json.loads(slow.text)["usage"]["completion_tokens"] == 1000
 
 
 def test_a_client_that_leaves_the_queue_costs_nothing(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--models-max", "1")
-    slow = busy(server)
-    leaver = Call(server, short("tiny-a"), timeout=0.5)
-    leaver.join(10)
-    assert leaver.error is not None  # it gave up while queued
-    assert slow.result() == 200
+    with streaming(server, "slow"):
+        leaver = Call(server, short("tiny-a"), timeout=0.5)
+        leaver.join(10)
+        assert leaver.error is not None  # it gave up while queued
+        server.wait_log("no longer draining slow")
     time.sleep(0.5)
     assert server.status("slow") == "loaded"  # nothing was evicted for nobody
     assert server.status("tiny-a") == "unloaded"
@@ -247,13 +259,9 @@ def test_reload_picks_up_changes(router, models_dir: Path, tmp_path: Path) -> No
 
 def test_a_drain_is_called_off_when_its_waiter_leaves(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir), "--models-max", "1")
-    endless = {**short("slow"), "max_tokens": 3000, "logit_bias": NO_EOS, "stream": True}
-    url = server.url + "/v1/completions"
-    with requests.post(url, json=endless, stream=True, timeout=60) as slow:
-        lines = slow.iter_lines()  # kept: dropping the generator would close the connection
-        assert next(lines)  # slow is generating, for seconds more on any machine
+    with streaming(server, "slow"):
         with contextlib.suppress(requests.Timeout):  # tiny-a's client gives up while slow drains
-            requests.post(url, json=short("tiny-a"), timeout=0.5)
+            requests.post(server.url + "/v1/completions", json=short("tiny-a"), timeout=0.5)
         server.wait_log("no longer draining slow")
     # slow's client has left too: slow is idle, and nobody waits for tiny-a
     started = time.monotonic()

@@ -1,21 +1,29 @@
 """Model worker: one process, one model. Loads it, then serves requests that arrive on its pipe.
 
+Up to one request per slot runs at once, each in its own thread; the engine's decoder thread
+advances all their generations together. Commands other than requests wait until every request
+before them is done, as they would on a worker that served one request at a time.
+
 Responses never travel back on the pipe: the worker writes the exact response bytes into the
-request's shared-memory ring and only sends a small `Wrote` note so readers wake up.
+request's shared-memory ring and only sends a small `Wrote` note so readers wake up, at most
+one per request every few milliseconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection, wait
 from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING
 
+from workers.cores import WorkerCores
 from workers.errors import ApiError
 from workers.protocol import (
     EXIT_LOAD_FAILED,
@@ -44,25 +52,38 @@ if TYPE_CHECKING:
 
 _PROGRESS_INTERVAL = 0.05
 HEARTBEAT_SECONDS = 1.0
+# How late a reader may learn of bytes already in its ring: one note covers the tokens of this
+# long, so the router wakes, reads and sends once for several of them.
+NOTE_SECONDS = 0.004
 
 
-def run(conn: Connection, heartbeat: Synchronized[float]) -> None:
+def run(
+    conn: Connection,
+    heartbeat: Synchronized[float],
+    cores: ctypes.Array[ctypes.c_int],
+    cell: int,
+) -> None:
     """Process entry point (multiprocessing target). The router starts workers ahead of need:
     this one pays for its imports now and learns which model it serves from a Load command.
     Unloaded with `recycle`, it frees the model and waits for the next Load instead of exiting,
-    so that swapping models costs no process start."""
+    so that swapping models costs no process start. `cores` is the CPU budget table shared by
+    every worker, `cell` this worker's place in it (workers/cores.py)."""
     os.setpgrp()  # one group per worker, so the router can signal the worker and its children
     _exit_with_parent()
     commands, events = CommandCodec(), EventCodec()
     import workers.engines.llama_cpp  # noqa: F401  (the slow import, done before it is needed)
 
+    sending = threading.Lock()
+
     def send(event: Event) -> None:
-        conn.send_bytes(events.encode(event))
+        with sending:  # request threads and the main thread share the pipe
+            conn.send_bytes(events.encode(event))
 
     rings = AttachedRings()
     beat = Heartbeat(heartbeat)
+    share = WorkerCores(cores, cell)
     while isinstance(command := _receive(conn, commands), Load):
-        engine = _load(command.settings, send, beat)
+        engine = _load(command.settings, send, beat, share)
         beat()
         send(Ready(engine.info()))
         if not _serve(engine, rings, conn, commands, send, beat):
@@ -80,6 +101,34 @@ def _receive(conn: Connection, commands: CommandCodec) -> Command | None:
         return None
 
 
+class _Requests:
+    """The requests this worker runs, one thread each, and those waiting for a slot."""
+
+    def __init__(self, engine: LlamaEngine, rings: AttachedRings, notes: Notes) -> None:
+        self.waiting: deque[Infer] = deque()
+        self.running: set[threading.Thread] = set()
+        self._engine, self._rings, self._notes = engine, rings, notes
+        self.finished, self._finished_signal = os.pipe()
+
+    def start_waiting(self, slots: int) -> None:
+        self.running = {thread for thread in self.running if thread.is_alive()}
+        while self.waiting and len(self.running) < slots:
+            request = self.waiting.popleft()
+            thread = threading.Thread(target=self._serve, args=(request,), daemon=True)
+            self.running.add(thread)
+            thread.start()
+
+    def _serve(self, request: Infer) -> None:
+        try:
+            serve(self._engine, self._rings, request, self._notes)
+        finally:
+            os.write(self._finished_signal, b".")
+
+    def close(self) -> None:
+        os.close(self.finished)
+        os.close(self._finished_signal)
+
+
 def _serve(
     engine: LlamaEngine,
     rings: AttachedRings,
@@ -89,26 +138,49 @@ def _serve(
     beat: Heartbeat,
 ) -> bool:
     """Serve one model until told to stop; True when the process should wait for another."""
-    while True:
-        while not conn.poll(HEARTBEAT_SECONDS):
-            beat()
-        beat()
-        match _receive(conn, commands):
-            case Infer() as request:
-                serve(engine, rings, request, send, beat)
-            case Sleep():
-                engine.sleep()
-                send(Slept())
-            case Wake():
-                engine.wake()
-                send(Woke())
-            case Exit(recycle=recycle):
-                return recycle
-            case _:
-                return False
+    notes = Notes(send)
+    requests = _Requests(engine, rings, notes)
+    control: Command | None = None  # waits for the requests that came before it
+    try:
+        while True:
+            requests.start_waiting(engine.slots)
+            if control is not None and not requests.waiting and not requests.running:
+                match control:
+                    case Sleep():
+                        engine.sleep()
+                        send(Slept())
+                    case Wake():
+                        engine.wake()
+                        send(Woke())
+                    case Exit(recycle=recycle):
+                        return recycle
+                    case _:
+                        return False
+                control = None
+            listening: list[Connection | int] = [requests.finished]
+            if control is None:
+                listening.append(conn)
+            ready = wait(listening, NOTE_SECONDS if notes.held else HEARTBEAT_SECONDS)
+            if requests.finished in ready:
+                os.read(requests.finished, 4096)
+            if conn in ready:
+                match _receive(conn, commands):
+                    case Infer() as request:
+                        requests.waiting.append(request)
+                    case None:
+                        control = Exit(recycle=False)  # the router is gone
+                    case command:
+                        control = command
+            notes.flush()
+            if not requests.running:
+                beat()  # the decoder beats while requests run: a stuck decode stays silent
+    finally:
+        requests.close()
 
 
-def _load(settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat) -> LlamaEngine:
+def _load(
+    settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat, cores: WorkerCores
+) -> LlamaEngine:
     beat()  # a spare has waited for this without a word
     send(Loading(0.0))
     from workers.engines.llama_cpp import LlamaEngine
@@ -127,7 +199,7 @@ def _load(settings: ModelSettings, send: Callable[[Event], None], beat: Heartbea
             send(Loading(value))
 
     try:
-        engine = LlamaEngine(settings, report)
+        engine = LlamaEngine(settings, report, cores, beat)
     except Exception as error:
         send(LoadFailed(f"failed to load model '{settings.model_id}': {error}"))
         sys.exit(EXIT_LOAD_FAILED)
@@ -136,8 +208,8 @@ def _load(settings: ModelSettings, send: Callable[[Event], None], beat: Heartbea
 
 
 class Heartbeat:
-    """The last sign of life, in memory the router reads: refreshed while idle, and on every
-    cancel check, which the token loop makes per token and llama.cpp between graph nodes."""
+    """The last sign of life, in memory the router reads: refreshed while idle, after every
+    decode, and by llama.cpp between graph nodes of a long prompt's decode."""
 
     def __init__(self, value: Synchronized[float]) -> None:
         self._value = value
@@ -146,13 +218,44 @@ class Heartbeat:
         self._value.value = time.monotonic()
 
 
-def serve(
-    engine: LlamaEngine,
-    rings: AttachedRings,
-    request: Infer,
-    send: Callable[[Event], None],
-    beat: Heartbeat,
-) -> None:
+class Notes:
+    """`Wrote` notes to the router: at once for a request's first bytes and its end, otherwise
+    at most one per request every NOTE_SECONDS; the main thread sends those held back."""
+
+    def __init__(self, send: Callable[[Event], None]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._sent: dict[int, float] = {}
+        self.held: set[int] = set()
+
+    def wrote(self, request_id: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._sent.get(request_id, 0.0) < NOTE_SECONDS:
+                self.held.add(request_id)
+                return
+            self._sent[request_id] = now
+            self.held.discard(request_id)
+        self._send(Wrote(request_id))
+
+    def done(self, request_id: int) -> None:
+        with self._lock:
+            self._sent.pop(request_id, None)
+            self.held.discard(request_id)
+        self._send(Wrote(request_id))
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [rid for rid in self.held if now - self._sent.get(rid, 0.0) >= NOTE_SECONDS]
+            for request_id in due:
+                self._sent[request_id] = now
+                self.held.discard(request_id)
+        for request_id in due:
+            self._send(Wrote(request_id))
+
+
+def serve(engine: LlamaEngine, rings: AttachedRings, request: Infer, notes: Notes) -> None:
     try:
         ring = rings.get(request.ring) if request.pooled else Ring.attach(request.ring)
     except FileNotFoundError:
@@ -164,7 +267,6 @@ def serve(
             return
 
         def cancelled() -> bool:
-            beat()
             return ring.cancelled
 
         response = engine.handle(request.route, request.body, cancelled)
@@ -178,7 +280,7 @@ def serve(
                 ring.begin(200, Media.EVENT_STREAM)
                 started = True
             ring.write(with_event_id(event, ring.write_pos) if request.event_ids else event)
-            send(Wrote(request.request_id))
+            notes.wrote(request.request_id)
     except Cancelled:
         pass
     except ApiError as error:
@@ -187,7 +289,7 @@ def serve(
         _write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
     finally:
         ring.finish(RingState.DONE)
-        send(Wrote(request.request_id))
+        notes.done(request.request_id)
         if not request.pooled:
             ring.close()
 

@@ -22,6 +22,7 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str
     mmproj: str | None = None
     ctx_size: int = 4096
+    parallel: int = 4  # slots; llama-server's automatic value
     threads: int | None = None
     threads_batch: int | None = None
     batch_size: int = 2048

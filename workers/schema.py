@@ -45,6 +45,7 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    cache_prompt: bool = True
 
 
 class ContentPart(msgspec.Struct):

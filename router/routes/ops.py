@@ -59,7 +59,7 @@ async def model_props(request: Request, name: str) -> Response:
     return json_response(
         {
             "default_generation_settings": {"n_ctx": info.get("n_ctx", 0), "params": {}},
-            "total_slots": 1,
+            "total_slots": info.get("n_parallel", 1),
             "model_alias": model.id,
             "model_path": info.get("model_path", model.spec.path),
             "modalities": info.get("modalities", {"vision": False, "audio": False}),
@@ -70,25 +70,39 @@ async def model_props(request: Request, name: str) -> Response:
             "is_sleeping": model.status is Status.SLEEPING,
             "kv_cache": info.get("kv_cache"),
             "unapplied_flags": [f"--{name}" for name in unapplied(model.spec.flags)],
+            "threads": _threads_now(request, model),
         }
     )
 
 
+def _threads_now(request: Request, model: Model) -> int:
+    """The threads the model's worker decodes with now, its share of the cores (0 when idle)."""
+    worker = model.worker
+    if worker is None:
+        return 0
+    return router_state(request).supervisor.cores.threads_of(worker.cell)
+
+
 async def slots(request: Request) -> Response:
-    """A model's slots as llama-server lists them: here one, processing until its worker has
-    let go of the model's last request (a cancelled one included)."""
+    """A model's slots as llama-server lists them: as many as its requests in flight are
+    processing, until its worker has let go of each (a cancelled one included). Every slot may
+    use the whole context, which they share."""
     name = request.query_params.get("model")
     if not name:
         raise ApiError(400, "model name is missing from the request")
     model = await _started_model(request, name)
     info = model.info or {}
-    slot = {
-        "id": 0,
-        "n_ctx": info.get("n_ctx", 0),
-        "speculative": False,
-        "is_processing": model.in_flight > 0,
-    }
-    return json_response([slot])
+    return json_response(
+        [
+            {
+                "id": slot,
+                "n_ctx": info.get("n_ctx", 0),
+                "speculative": False,
+                "is_processing": slot < model.in_flight,
+            }
+            for slot in range(info.get("n_parallel", 1))
+        ]
+    )
 
 
 async def _started_model(request: Request, name: str) -> Model:

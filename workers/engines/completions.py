@@ -11,6 +11,7 @@ from typing import Any
 import llama_cpp
 
 from workers.engines.chat_templates import ChatFormatter
+from workers.engines.decoder import Decoder
 from workers.engines.generation import Outcome, check_context, generate, grammar_for
 from workers.engines.prompts import completion_prompts, render_chat
 from workers.engines.response import SSE_DONE, Response, sse
@@ -35,9 +36,14 @@ class Run:
 
 class Completions:
     def __init__(
-        self, llm: llama_cpp.Llama, settings: ModelSettings, formatter: ChatFormatter
+        self,
+        llm: llama_cpp.Llama,
+        decoder: Decoder,
+        settings: ModelSettings,
+        formatter: ChatFormatter,
     ) -> None:
         self.llm = llm
+        self.decoder = decoder
         self.settings = settings
         self.formatter = formatter
 
@@ -84,7 +90,7 @@ class Completions:
         for prompt in prompts:
             for choice in range(choices):
                 outcome = Outcome(prompt_tokens=len(prompt))
-                pieces = generate(self.llm, prompt, params, cancelled, outcome)
+                pieces = generate(self.decoder, self.llm, prompt, params, cancelled, outcome)
                 runs.append(Run(len(runs), choice, prompt, outcome, pieces))
         return runs
 
@@ -239,12 +245,14 @@ def _collected(runs: list[Run]) -> Iterator[tuple[Run, str]]:
 def _totals(runs: list[Run]) -> dict[str, Any]:
     """`usage` counts each prompt once and every choice's tokens, as OpenAI does; `timings`
     are the first choice's, as llama-server gives them."""
-    prompt_tokens = sum(run.outcome.prompt_tokens for run in runs if run.choice == 0)
+    first_choices = [run.outcome for run in runs if run.choice == 0]
+    prompt_tokens = sum(outcome.prompt_tokens for outcome in first_choices)
     completion_tokens = sum(run.outcome.completion_tokens for run in runs)
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": sum(o.cached for o in first_choices)},
     }
     return {"usage": usage, "timings": runs[0].outcome.timings()}
 

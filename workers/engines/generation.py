@@ -1,19 +1,19 @@
-"""The token loop: sample with llama-cpp-python, decode UTF-8 incrementally, honour stop strings.
+"""The token loop: take a sequence's tokens from the decoder, decode UTF-8 incrementally, honour
+stop strings.
 
 llama-cpp-python's own streaming re-detokenizes the whole completion on every token and can
 hold text back indefinitely on byte-level output; this loop does constant work per token,
-checks the cancel flag between tokens, and counts exactly what it generated.
+checks the cancel flag between tokens, and counts exactly what it generated. Sampling happens in
+the decoder thread, in the request's own llama.cpp sampler chain.
 """
 
 from __future__ import annotations
 
 import codecs
 import ctypes
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +21,8 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+from workers.engines.decoder import PENALTY_LAST_N, Decoder
 from workers.errors import ApiError, ContextExceeded
-
-LONG_PROMPT = 64  # tokens; shorter prompts decode faster than a cancel could matter
-
-SAMPLER_ARGS = (
-    "temp",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-)
 
 
 @dataclass
@@ -43,50 +31,41 @@ class Outcome:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     cancelled: bool = False
+    cached: int = 0  # prompt tokens a slot's KV cache already held
     # time.perf_counter() when the prompt's decode began, when it ended, at the last token
     started: float = 0.0
     prompt_done: float = 0.0
     last_token: float = 0.0
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
         }
 
     def timings(self) -> dict[str, float]:
         """llama-server's `timings`. As there, the first token comes with the prompt's decode,
-        so the per-token generation figures count the decode steps after it; no prompt cache
-        is reused yet (`cache_n`)."""
+        so the per-token generation figures count the decode steps after it, and the prompt
+        figures count only the tokens decoded, not those found in the cache (`cache_n`)."""
+        decoded = self.prompt_tokens - self.cached
         prompt_ms = (self.prompt_done - self.started) * 1e3 if self.prompt_done else 0.0
         predicted_ms = 0.0
         if self.last_token:  # at least a microsecond, as llama-server rounds it
             predicted_ms = max(1e-3, (self.last_token - self.prompt_done) * 1e3)
         steps = max(0, self.completion_tokens - 1)
         return {
-            "cache_n": 0,
-            "prompt_n": self.prompt_tokens,
+            "cache_n": self.cached,
+            "prompt_n": decoded,
             "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / self.prompt_tokens if self.prompt_tokens else 0.0,
-            "prompt_per_second": 1e3 / prompt_ms * self.prompt_tokens if prompt_ms else 0.0,
+            "prompt_per_token_ms": prompt_ms / decoded if decoded else 0.0,
+            "prompt_per_second": 1e3 / prompt_ms * decoded if prompt_ms else 0.0,
             "predicted_n": self.completion_tokens,
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / steps if steps else 0.0,
             "predicted_per_second": 1e3 / predicted_ms * steps if predicted_ms else 0.0,
         }
-
-
-class LogitBias:
-    """A logits processor that adds per-token biases (`false` in a request bans a token)."""
-
-    def __init__(self, bias: dict[int, float]) -> None:
-        self._tokens = list(bias)
-        self._amounts = list(bias.values())
-
-    def __call__(self, _input_ids: Any, scores: Any) -> Any:
-        scores[self._tokens] += self._amounts
-        return scores
 
 
 def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
@@ -129,7 +108,41 @@ def _parsed(grammar: LlamaGrammar, vocab: Any) -> LlamaGrammar:
     return grammar
 
 
+def sampler_chain(params: dict[str, Any], vocab: Any, n_vocab: int) -> Any:
+    """The request's sampler chain, all in llama.cpp: logit bias, penalties, grammar, then
+    top-k, typical, top-p, min-p and temperature before the seeded draw (greedy at temp 0)."""
+    chain = llama_lib.llama_sampler_chain_init(llama_lib.llama_sampler_chain_default_params())
+
+    def add(sampler: Any) -> None:
+        llama_lib.llama_sampler_chain_add(chain, sampler)
+
+    # as llama-server does, ids outside the vocabulary are ignored
+    bias = [(t, v) for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab]
+    if bias:
+        entries = (llama_lib.llama_logit_bias * len(bias))(
+            *(llama_lib.llama_logit_bias(token, value) for token, value in bias)
+        )
+        add(llama_lib.llama_sampler_init_logit_bias(n_vocab, len(bias), entries))
+    penalties = (params["repeat_penalty"], params["frequency_penalty"], params["presence_penalty"])
+    add(llama_lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, *penalties))
+    grammar: LlamaGrammar | None = params.get("grammar")
+    if grammar is not None:
+        text, root = grammar._grammar.encode(), grammar._root.encode()
+        add(llama_lib.llama_sampler_init_grammar(vocab, text, root))
+    if params["temp"] <= 0:
+        add(llama_lib.llama_sampler_init_greedy())
+        return chain
+    add(llama_lib.llama_sampler_init_top_k(params["top_k"]))
+    add(llama_lib.llama_sampler_init_typical(params["typical_p"], 1))
+    add(llama_lib.llama_sampler_init_top_p(params["top_p"], 1))
+    add(llama_lib.llama_sampler_init_min_p(params["min_p"], 1))
+    add(llama_lib.llama_sampler_init_temp(params["temp"]))
+    add(llama_lib.llama_sampler_init_dist(int(params.get("seed", llama_lib.LLAMA_DEFAULT_SEED))))
+    return chain
+
+
 def generate(
+    decoder: Decoder,
     llm: llama_cpp.Llama,
     prompt_tokens: list[int],
     params: dict[str, Any],
@@ -143,51 +156,50 @@ def generate(
     check_context(len(prompt_tokens), n_ctx)
     max_tokens = params.get("max_tokens")
     stops = [stop for stop in params.get("stop", []) if stop]
-    n_vocab = llm.n_vocab()
-    # as llama-server does, ids outside the vocabulary are ignored
-    bias = {t: v for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab}
-    processors = llama_cpp.LogitsProcessorList([LogitBias(bias)]) if bias else None
-    # the seed stays on the Llama object: a request without one must not reuse the last one's
-    llm.set_seed(int(params.get("seed", llama_lib.LLAMA_DEFAULT_SEED)))
-    sampler = {name: params[name] for name in SAMPLER_ARGS if name in params}
     vocab = llm._model.vocab
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
-    tokens = llm.generate(
-        prompt_tokens, logits_processor=processors, grammar=params.get("grammar"), **sampler
-    )
-    outcome.started = time.perf_counter()
-    first = _decode_prompt(llm, tokens, len(prompt_tokens), cancelled, outcome)
-    if first is None:
-        return
-    outcome.prompt_done = time.perf_counter()
-    for token in itertools.chain([first], tokens):
+    chain = sampler_chain(params, vocab, llm.n_vocab())
+    reuse = params.get("cache_prompt", True)
+    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse)
+    outcome.started = sequence.started
+    try:
+        for token in decoder.tokens(sequence):
+            if not outcome.prompt_done:
+                outcome.prompt_done = sequence.first_token
+                outcome.cached = sequence.reused
+            if llama_lib.llama_vocab_is_eog(vocab, token):
+                outcome.finish_reason = "stop"
+                break
+            outcome.completion_tokens += 1
+            outcome.last_token = time.perf_counter()
+            text = held + utf8.decode(token_piece(vocab, token))
+            cut = _first_stop(text, stops)
+            if cut is not None:
+                if text[:cut]:
+                    yield text[:cut]
+                outcome.finish_reason = "stop"
+                return
+            keep = _stop_prefix_length(text, stops)
+            held = text[len(text) - keep :]
+            if len(text) > keep:
+                yield text[: len(text) - keep]
+            if max_tokens is not None and outcome.completion_tokens >= max_tokens:
+                outcome.finish_reason = "length"
+                break
+            if len(prompt_tokens) + outcome.completion_tokens >= n_ctx - 1:
+                outcome.finish_reason = "length"
+                break
+            if cancelled():
+                break
+        else:
+            outcome.finish_reason = "length"  # the cache every slot shares was full
         if cancelled():
             outcome.cancelled = True
             return
-        if llama_lib.llama_vocab_is_eog(vocab, token):
-            outcome.finish_reason = "stop"
-            break
-        outcome.completion_tokens += 1
-        outcome.last_token = time.perf_counter()
-        text = held + decoder.decode(token_piece(vocab, token))
-        cut = _first_stop(text, stops)
-        if cut is not None:
-            if text[:cut]:
-                yield text[:cut]
-            outcome.finish_reason = "stop"
-            return
-        keep = _stop_prefix_length(text, stops)
-        held = text[len(text) - keep :]
-        if len(text) > keep:
-            yield text[: len(text) - keep]
-        if max_tokens is not None and outcome.completion_tokens >= max_tokens:
-            outcome.finish_reason = "length"
-            break
-        if len(prompt_tokens) + outcome.completion_tokens >= n_ctx - 1:
-            outcome.finish_reason = "length"
-            break
-    rest = held + decoder.decode(b"", final=True)
+    finally:
+        decoder.close(sequence)
+    rest = held + utf8.decode(b"", final=True)
     if rest:
         yield rest
 
@@ -196,42 +208,6 @@ def check_context(prompt_length: int, n_ctx: int) -> None:
     """llama-server refuses a prompt that leaves no room for a single generated token."""
     if prompt_length >= n_ctx:
         raise ContextExceeded(prompt_length, n_ctx)
-
-
-class PromptAbort:
-    """Lets a cancel stop llama.cpp inside a long prompt's decode. llama.cpp asks the callback
-    between graph nodes: too often to leave it on while tokens come one at a time."""
-
-    def __init__(self, llm: llama_cpp.Llama, cancelled: Callable[[], bool]) -> None:
-        self._ctx = llm._ctx.ctx
-        self._callback = llama_lib.ggml_abort_callback(lambda _data: cancelled())
-
-    def __enter__(self) -> None:
-        llama_lib.llama_set_abort_callback(self._ctx, self._callback, None)
-
-    def __exit__(self, *_: object) -> None:
-        llama_lib.llama_set_abort_callback(self._ctx, llama_lib.ggml_abort_callback(), None)
-
-
-def _decode_prompt(
-    llm: llama_cpp.Llama,
-    tokens: Iterator[int],
-    prompt_length: int,
-    cancelled: Callable[[], bool],
-    outcome: Outcome,
-) -> int | None:
-    """The first token, or None when the prompt's decode was cancelled or produced nothing."""
-    guard = PromptAbort(llm, cancelled) if prompt_length > LONG_PROMPT else nullcontext()
-    with guard:
-        try:
-            return next(tokens)
-        except StopIteration:
-            return None
-        except RuntimeError:
-            if not cancelled():
-                raise
-            outcome.cancelled = True
-            return None
 
 
 def checked_tokens(tokens: list[int], llm: llama_cpp.Llama) -> list[int]:

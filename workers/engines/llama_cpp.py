@@ -14,10 +14,11 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
-import psutil
 
+from workers.cores import WorkerCores, physical_cores
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
+from workers.engines.decoder import Decoder
 from workers.engines.generation import checked_tokens
 from workers.engines.prompts import embedding_texts
 from workers.engines.response import Response
@@ -29,9 +30,6 @@ from workers.schema import (
     TokenizeRequest,
     decode_body,
 )
-
-# llama-server's default: one thread per physical core (llama-cpp-python would use half of them).
-DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 POOLING = {
     "none": llama_lib.LLAMA_POOLING_TYPE_NONE,
@@ -74,16 +72,19 @@ ROPE_SCALINGS = {
 
 
 @contextmanager
-def _flash_attention(kind: int) -> Iterator[None]:
-    """Llama() knows flash attention only as on or off; llama-server's default is `auto`
-    (on wherever the backend supports it), so the context is created with llama.cpp's own."""
+def _context_params(flash_attention: int, sequences: int) -> Iterator[None]:
+    """Context parameters Llama() does not expose: llama-server's default flash attention is
+    `auto` (on wherever the backend supports it), where Llama() knows only on or off; and one
+    sequence per slot in a KV cache they all share (llama-server's unified cache)."""
     init = llama_lib.llama_init_from_model
 
-    def init_with_flash_attention(model: Any, params: Any) -> Any:
-        params.flash_attn_type = kind
+    def init_with_slots(model: Any, params: Any) -> Any:
+        params.flash_attn_type = flash_attention
+        params.n_seq_max = max(params.n_seq_max, sequences)
+        params.kv_unified = True
         return init(model, params)
 
-    llama_lib.llama_init_from_model = init_with_flash_attention
+    llama_lib.llama_init_from_model = init_with_slots
     try:
         yield
     finally:
@@ -152,10 +153,20 @@ def _model_params(report: Callable[[float], None], repack: bool) -> Iterator[Non
 
 
 class LlamaEngine:
-    def __init__(self, settings: ModelSettings, report_progress: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        settings: ModelSettings,
+        report_progress: Callable[[float], None],
+        cores: WorkerCores,
+        beat: Callable[[], None],
+    ) -> None:
         self.settings = settings
+        self.slots = settings.parallel
         self._report_progress = report_progress
+        self._cores = cores
+        self._beat = beat
         self.llm: llama_cpp.Llama | None = None
+        self._decoder: Decoder | None = None
         self.kv_cache: dict[str, Any] | None = None
         self._completions: Completions | None = None
         self._load()
@@ -172,15 +183,15 @@ class LlamaEngine:
         with (
             _llama_log(log_lines),
             _model_params(self._report_progress, _repack(s.repack)),
-            _flash_attention(FLASH_ATTN[s.flash_attn]),
+            _context_params(FLASH_ATTN[s.flash_attn], s.parallel),
         ):
             self.llm = llama_cpp.Llama(
                 model_path=s.path,
                 n_ctx=s.ctx_size,
                 n_batch=s.batch_size,
                 n_ubatch=s.ubatch_size,
-                n_threads=s.threads or DEFAULT_THREADS,
-                n_threads_batch=s.threads_batch or s.threads or DEFAULT_THREADS,
+                n_threads=self._threads[0],
+                n_threads_batch=self._threads[1],
                 n_gpu_layers=s.n_gpu_layers,
                 split_mode=SPLIT_MODES[s.split_mode or "layer"],
                 main_gpu=s.main_gpu,
@@ -208,8 +219,25 @@ class LlamaEngine:
             _apply_loras(self.llm, s.loras)
         if s.embeddings:  # generation by default; an embeddings request switches for its call
             llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
+        self._decoder = Decoder(self.llm, self.slots, self._cores, self._threads, self._beat)
+
+    @property
+    def _threads(self) -> tuple[int, int]:
+        """The most threads this model uses for one token and for a prompt: its own `threads`
+        and `threads-batch`, else the machine's cores; the shared budget may give it fewer."""
+        threads = self.settings.threads or physical_cores()
+        return threads, self.settings.threads_batch or threads
+
+    @property
+    def decoder(self) -> Decoder:
+        self.model  # noqa: B018  (loads a sleeping model, and its decoder with it)
+        assert self._decoder is not None
+        return self._decoder
 
     def sleep(self) -> None:
+        if self._decoder is not None:
+            self._decoder.shut()
+            self._decoder = None
         self.llm = None
         self._completions = None
         gc.collect()
@@ -244,6 +272,7 @@ class LlamaEngine:
             "pooling": _pooling_name(int(llm.pooling_type())) if self.settings.embeddings else None,
             "modalities": {"vision": self.settings.mmproj is not None, "audio": False},
             "kv_cache": self.kv_cache,
+            "n_parallel": self.slots,
         }
 
     # --- routes -------------------------------------------------------------------------------
@@ -273,7 +302,7 @@ class LlamaEngine:
         if self._completions is None:  # sleep() drops it with the model
             bos, eos = _piece(llm, llm.token_bos()), _piece(llm, llm.token_eos())
             formatter = chat_formatter(llm, self.settings, bos, eos)
-            self._completions = Completions(llm, self.settings, formatter)
+            self._completions = Completions(llm, self.decoder, self.settings, formatter)
         return self._completions
 
     def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
@@ -299,7 +328,7 @@ class LlamaEngine:
                 "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
             )
         texts = embedding_texts(request.input, llm)
-        vectors, tokens = self._embed(llm, texts)
+        vectors, tokens = self.decoder.exclusively(lambda: self._embed(llm, texts))
         as_base64 = request.encoding_format == "base64"
         data = [
             {
@@ -320,7 +349,7 @@ class LlamaEngine:
     @staticmethod
     def _embed(llm: llama_cpp.Llama, texts: list[str]) -> tuple[list[Any], int]:
         """The context makes embeddings only for this call, so that generation keeps its logits;
-        embed() clears the KV cache, so nothing cached may be reused afterwards."""
+        embed() clears the KV cache, so no slot's cache is reused afterwards."""
         llama_lib.llama_set_embeddings(llm._ctx.ctx, True)
         try:
             vectors, tokens = llm.embed(texts, normalize=True, return_count=True)

@@ -63,6 +63,7 @@ def completion_kwargs(
     kwargs["stop"] = stop_list(request.get("stop"))
     if request.get("logit_bias"):
         kwargs["logit_bias"] = logit_bias(request["logit_bias"], tokenize)
+    kwargs["cache_prompt"] = request.get("cache_prompt") is not False
     kwargs["model"] = request.get("model") or settings.model_id
     return kwargs
 

@@ -1,0 +1,84 @@
+"""`make bench ARGS=slots`: concurrent streams on one model, and a second turn's first token.
+
+Aggregate tokens per second of 1, 2, 4 and 8 concurrent Gemma streams at `-np 4`, and the time
+to the first token of a second chat turn whose first turn (about 700 tokens) is cached.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+
+GEMMA_EOS = {"1": -100, "106": -100}
+# About 700 Gemma tokens of a first turn.
+FIRST_TURN = " ".join(f"Point {n}: the quick brown fox jumps over the lazy dog." for n in range(50))
+
+
+def _stream_tokens(url: str, model: str, tokens: int, index: int) -> int:
+    body = {
+        "model": model,
+        "prompt": f"Story number {index}:",
+        "max_tokens": tokens,
+        "temperature": 0,
+        "logit_bias": GEMMA_EOS,
+        "stream": True,
+    }
+    count = 0
+    with requests.post(url + "/v1/completions", json=body, stream=True, timeout=600) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if line.startswith(b"data: {") and b'"text":""' not in line:
+                count += 1
+    return count
+
+
+def concurrent_tokens_per_second(url: str, model: str, streams: int, tokens: int) -> float:
+    with ThreadPoolExecutor(streams) as pool:
+        started = time.perf_counter()
+        total = sum(pool.map(lambda i: _stream_tokens(url, model, tokens, i), range(streams)))
+    return total / (time.perf_counter() - started)
+
+
+def _first_token_seconds(url: str, body: dict[str, Any]) -> tuple[float, str]:
+    """Seconds to the first streamed content, and the whole answer."""
+    started = time.perf_counter()
+    first = 0.0
+    text = []
+    with requests.post(
+        url + "/v1/chat/completions", json={**body, "stream": True}, stream=True, timeout=600
+    ) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if b'"content":"' in line:
+                first = first or time.perf_counter() - started
+                text.append(line.decode())
+    return first, "".join(text)
+
+
+def second_turn_first_token(url: str, model: str) -> dict[str, float]:
+    """A fresh conversation each call (its first words differ), so nothing of it is cached."""
+    opening = f"{time.time_ns()} {FIRST_TURN}"
+    first_turn = [{"role": "user", "content": opening}]
+    body = {"model": model, "messages": first_turn, "max_tokens": 16, "temperature": 0}
+    cold, _ = _first_token_seconds(url, body)
+    answer = requests.post(url + "/v1/chat/completions", json=body, timeout=600).json()
+    second = [
+        *first_turn,
+        {"role": "assistant", "content": answer["choices"][0]["message"]["content"]},
+        {"role": "user", "content": "Summarise that in one line."},
+    ]
+    warm, _ = _first_token_seconds(url, {**body, "messages": second})
+    return {"first_turn_first_token_s": cold, "second_turn_first_token_s": warm}
+
+
+def run(url: str, model: str, tokens: int) -> dict[str, float]:
+    _stream_tokens(url, model, 4, 0)  # loaded
+    result = {
+        f"{streams} streams tok/s": concurrent_tokens_per_second(url, model, streams, tokens)
+        for streams in (1, 2, 4, 8)
+    }
+    result.update(second_turn_first_token(url, model))
+    return result

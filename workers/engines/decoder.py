@@ -1,0 +1,383 @@
+"""Continuous batching: one thread owns the llama.cpp context and advances every sequence at once.
+
+Each request runs in its own thread (workers/model.py) and asks the decoder for a sequence in a
+free slot, then takes its tokens as they come. Every step the decoder puts into one batch the
+next token of every generating sequence and, as far as the batch size allows, the next chunk of
+every prompt still being read; it calls llama_decode once and samples each sequence's token with
+that sequence's own sampler chain (its seed, penalties, grammar and logit bias, all inside
+llama.cpp). A sequence may run a few tokens ahead of its reader, so that the reader's work
+(text, the ring, the note to the router) overlaps the next decode.
+
+Each slot remembers the tokens its KV cells hold. A new prompt goes to the free slot whose cache
+shares the longest start with it (llama-server's rule) and decodes only the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
+
+from workers.cores import WorkerCores
+from workers.errors import ApiError
+
+T = TypeVar("T")
+
+LOOKAHEAD = 4  # tokens a sequence may be ahead of its reader
+LONG_PROMPT = 64  # tokens; a batch with a shorter prompt chunk ends sooner than a cancel matters
+PROMPT_SIMILARITY = 0.1  # llama-server's --slot-prompt-similarity
+PENALTY_LAST_N = 64  # llama-server's --repeat-last-n
+_WAIT_SECONDS = 0.1  # a reader waiting for a token looks at its cancel flag this often
+
+
+Step = tuple["Sequence", list[int], bool]
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # the tokens its KV cells hold, in order
+    sequence: Sequence | None = None
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One generation: fed by the decoder thread, read by its request's thread."""
+
+    slot: Slot
+    prompt: list[int]
+    reused: int  # prompt tokens whose KV cells were already there
+    sampler: Any  # llama_sampler_p: the chain, owned and freed by the decoder
+    limit: int | None  # tokens to sample at most
+    cancelled: Callable[[], bool]
+    fed: int = 0  # tokens of this sequence in the KV cache
+    sampled: int = 0
+    next_token: int | None = None  # sampled, decoded at the next step
+    out: deque[int] = field(default_factory=deque)
+    done: bool = False  # no more tokens will come
+    closing: bool = False  # its reader has gone
+    error: str | None = None
+    started: float = 0.0
+    first_token: float = 0.0  # time.perf_counter() of the first sampled token
+
+    @property
+    def prompt_left(self) -> int:
+        return len(self.prompt) - self.fed if self.fed < len(self.prompt) else 0
+
+
+class Decoder:
+    def __init__(
+        self,
+        llm: llama_cpp.Llama,
+        slots: int,
+        cores: WorkerCores,
+        threads: tuple[int, int],
+        beat: Callable[[], None],
+    ) -> None:
+        self._llm = llm
+        self._ctx = llm._ctx.ctx
+        self._memory = llama_lib.llama_get_memory(self._ctx)
+        self._vocab = llm._model.vocab
+        self._n_ctx = llm.n_ctx()
+        self._n_batch = max(1, llm.n_batch)
+        self._n_swa = int(llama_lib.llama_model_n_swa(llm._model.model))
+        self._batch = llama_lib.llama_batch_init(max(self._n_batch, slots), 0, 1)
+        self._cores = cores
+        self._caps = threads  # most threads for one token, for a prompt chunk
+        self._threads = (0, 0)
+        self._beat = beat
+        self.slots = [Slot(seq_id) for seq_id in range(slots)]
+        self._admitted: list[Sequence] = []
+        self._active: list[Sequence] = []
+        self._paused = False
+        self._closed = False
+        self._wake = threading.Condition()
+        self._abort_batch: list[Sequence] = []
+        self._abort = llama_lib.ggml_abort_callback(self._should_abort)
+        self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
+        self._thread.start()
+
+    # --- the request's side ---------------------------------------------------------------------
+
+    def start(
+        self,
+        prompt: list[int],
+        sampler: Any,
+        limit: int | None,
+        cancelled: Callable[[], bool],
+        reuse: bool = True,
+    ) -> Sequence:
+        """A sequence for `prompt` in the free slot that has most of it cached."""
+        with self._wake:
+            while self._paused or (slot := self._free_slot(prompt)) is None:
+                self._wake.wait()
+            reused = _common_prefix(slot.cached, prompt) if reuse else 0
+            reused = min(reused, len(prompt) - 1)  # the last prompt token gives the logits
+            sequence = Sequence(slot, prompt, reused, sampler, limit, cancelled)
+            sequence.started = time.perf_counter()
+            slot.sequence = sequence
+            self._admitted.append(sequence)
+            self._wake.notify_all()
+        return sequence
+
+    def tokens(self, sequence: Sequence) -> Iterator[int]:
+        """The sequence's tokens as they are sampled; ends when it is done or cancelled."""
+        while True:
+            with self._wake:
+                while not sequence.out and not sequence.done:
+                    if sequence.cancelled():
+                        return
+                    self._wake.wait(_WAIT_SECONDS)
+                if sequence.error is not None:
+                    raise ApiError(500, sequence.error)
+                if not sequence.out:
+                    return
+                token = sequence.out.popleft()
+                self._wake.notify_all()  # room ahead: the decoder may feed it again
+            yield token
+
+    def close(self, sequence: Sequence) -> None:
+        with self._wake:
+            sequence.closing = True
+            self._wake.notify_all()
+
+    def exclusively(self, work: Callable[[], T]) -> T:
+        """Run `work` (an embedding) alone on the context, which it leaves empty."""
+        with self._wake:
+            while self._paused or self._admitted or self._active:
+                self._wake.wait()
+            self._paused = True
+        try:
+            return work()
+        finally:
+            with self._wake:
+                for slot in self.slots:
+                    slot.cached = []
+                self._paused = False
+                self._wake.notify_all()
+
+    def shut(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join()
+        llama_lib.llama_batch_free(self._batch)
+
+    def _free_slot(self, prompt: list[int]) -> Slot | None:
+        free = [slot for slot in self.slots if slot.sequence is None]
+        return choose_slot(free, prompt) if free else None
+
+    # --- the decoder thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._has_work():
+                    if not self._active:
+                        self._cores.idle()
+                    self._wake.wait()
+                if self._closed:
+                    self._end_all("the model is unloading")
+                    self._cores.idle()
+                    return
+                self._cores.busy(self._caps[0])
+                plan = self._plan()
+            if plan:
+                self._step(plan)
+
+    def _has_work(self) -> bool:
+        if self._admitted or any(s.closing for s in self._active):
+            return True
+        return any(
+            s.prompt_left or (s.next_token is not None and len(s.out) < LOOKAHEAD)
+            for s in self._active
+        )
+
+    def _plan(self) -> list[Step]:
+        """Under the lock: admit, retire, and choose each sequence's tokens for this step."""
+        self._retire()
+        for sequence in self._admitted:
+            self._seat(sequence)
+        self._admitted.clear()
+        plan = plan_step(self._active, self._n_batch)
+        self._make_room(sum(len(tokens) for _, tokens, _ in plan))
+        return plan
+
+    def _retire(self) -> None:
+        for sequence in [s for s in self._active if s.closing]:
+            self._active.remove(sequence)
+            llama_lib.llama_sampler_free(sequence.sampler)
+            slot = sequence.slot
+            slot.sequence = None
+            slot.last_used = time.monotonic()
+        if any(slot.sequence is None for slot in self.slots):
+            self._wake.notify_all()
+
+    def _seat(self, sequence: Sequence) -> None:
+        """Keep the slot's cached start of the prompt, drop the rest of its cells."""
+        slot, keep = sequence.slot, sequence.reused
+        if not llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            keep = 0
+        elif keep and llama_lib.llama_memory_seq_pos_min(self._memory, slot.seq_id) > max(
+            0, keep - self._n_swa
+        ):
+            keep = 0  # a sliding-window cache no longer holds what the rest must attend to
+        if keep == 0:
+            llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+        sequence.reused = sequence.fed = keep
+        slot.cached = sequence.prompt[:keep]
+        self._active.append(sequence)
+
+    def _make_room(self, needed: int) -> None:
+        """The KV cache is shared by every slot: idle slots give up their cache, oldest first,
+        when the cells would not hold this step."""
+        used = sum(len(slot.cached) for slot in self.slots)
+        for slot in sorted(self.slots, key=lambda s: s.last_used):
+            if used + needed <= self._n_ctx:
+                return
+            if slot.sequence is None and slot.cached:
+                llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+                used -= len(slot.cached)
+                slot.cached = []
+
+    def _step(self, plan: list[Step]) -> None:
+        batch = self._batch
+        sampled_at: list[tuple[Sequence, int]] = []
+        count = 0
+        for sequence, tokens, wants_logits in plan:
+            position = sequence.fed
+            for offset, token in enumerate(tokens):
+                batch.token[count] = token
+                batch.pos[count] = position + offset
+                batch.n_seq_id[count] = 1
+                batch.seq_id[count][0] = sequence.slot.seq_id
+                batch.logits[count] = False
+                count += 1
+            if wants_logits:
+                batch.logits[count - 1] = True
+                sampled_at.append((sequence, count - 1))
+        batch.n_tokens = count
+        self._use_threads()
+        reading = any(len(tokens) > LONG_PROMPT for _, tokens, _ in plan)
+        if reading:  # a long prompt's decode ends early once nobody in the batch waits for it
+            self._abort_batch = [sequence for sequence, _, _ in plan]
+            llama_lib.llama_set_abort_callback(self._ctx, self._abort, None)
+        try:
+            status = llama_lib.llama_decode(self._ctx, batch)
+        finally:
+            if reading:
+                llama_lib.llama_set_abort_callback(self._ctx, llama_lib.ggml_abort_callback(), None)
+        self._beat()
+        if status != 0:
+            self._failed(plan, status)
+            return
+        now = time.perf_counter()
+        tokens_out = [
+            (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+            for sequence, index in sampled_at
+        ]
+        with self._wake:
+            for sequence, tokens, _ in plan:
+                sequence.fed += len(tokens)
+                sequence.slot.cached.extend(tokens)
+                sequence.next_token = None
+            for sequence, token in tokens_out:
+                self._sampled(sequence, token, now)
+            self._wake.notify_all()
+
+    def _sampled(self, sequence: Sequence, token: int, now: float) -> None:
+        if not sequence.first_token:
+            sequence.first_token = now
+        sequence.out.append(token)
+        sequence.sampled += 1
+        ended = (
+            llama_lib.llama_vocab_is_eog(self._vocab, token)
+            or (sequence.limit is not None and sequence.sampled >= sequence.limit)
+            or sequence.fed + 1 >= self._n_ctx
+        )
+        if ended:
+            sequence.done = True
+        else:
+            sequence.next_token = token
+
+    def _failed(self, plan: list[Step], status: int) -> None:
+        """A decode that did not happen: its sequences end, and their cells are dropped."""
+        if status == 1:
+            message = f"the context is full: its {self._n_ctx} tokens are shared by every slot"
+        else:
+            message = f"llama_decode failed with status {status}"
+        with self._wake:
+            for sequence, _, _ in plan:
+                slot = sequence.slot
+                llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+                slot.cached = []
+                sequence.done = True
+                if status != 2:  # 2: aborted, because every reader in it was cancelled
+                    sequence.error = message
+            self._wake.notify_all()
+
+    def _end_all(self, message: str) -> None:
+        for sequence in [*self._admitted, *self._active]:
+            sequence.done = True
+            sequence.error = message
+            llama_lib.llama_sampler_free(sequence.sampler)
+        self._admitted.clear()
+        self._active.clear()
+        self._wake.notify_all()
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        return all(sequence.cancelled() for sequence in self._abort_batch)
+
+    def _use_threads(self) -> None:
+        share = self._cores.threads()
+        threads = (min(share, self._caps[0]), min(share, self._caps[1]))
+        if threads != self._threads:
+            llama_lib.llama_set_n_threads(self._ctx, *threads)
+            self._threads = threads
+            self._cores.applied(threads[0])
+
+
+def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
+    """llama-server's choice among free slots: the one whose cache is most like the prompt, if
+    alike enough; otherwise the one used longest ago."""
+    best = max(free, key=lambda slot: _common_prefix(slot.cached, prompt))
+    if prompt and _common_prefix(best.cached, prompt) / len(prompt) > PROMPT_SIMILARITY:
+        return best
+    return min(free, key=lambda slot: slot.last_used)
+
+
+def plan_step(active: list[Sequence], n_batch: int) -> list[Step]:
+    """One batch: first the next token of every generating sequence whose reader keeps up, then
+    chunks of the prompts being read, as far as `n_batch` allows. Each entry is a sequence, its
+    tokens, and whether a token is sampled after them (the last of a prompt, or a generated one)."""
+    plan: list[Step] = []
+    room = n_batch
+    for sequence in active:
+        if sequence.next_token is not None and len(sequence.out) < LOOKAHEAD:
+            plan.append((sequence, [sequence.next_token], True))
+            room -= 1
+    for sequence in active:
+        if room <= 0:
+            break
+        if left := sequence.prompt_left:
+            chunk = sequence.prompt[sequence.fed : sequence.fed + min(left, room)]
+            plan.append((sequence, chunk, len(chunk) == left))
+            room -= len(chunk)
+    return plan
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
