@@ -155,9 +155,10 @@ def main() -> None:
         print("\ndownloads:", json.dumps(fetched, indent=2))
         results["downloads"] = fetched
     if "cores" in args.parts:
+        families = core_families(models)
         results["cores"] = compare_runs(
             "several busy models, -c 1024 --models-max 3",
-            lambda target: cores.run(target.url, core_families(models), args.tokens),
+            lambda target: cores.run(target.url, families, args.tokens),
             lambda: router_target(models, work / "cache", ["-c", "1024", "--models-max", "3"]),
             reference
             and (lambda: reference_target(reference, models, ["-c", "1024", "--models-max", "3"])),

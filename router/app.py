@@ -17,7 +17,7 @@ from starlette.responses import Response
 from router.config import RouterConfig
 from router.middleware import ApiKeys, LlamaServerCors
 from router.openapi import build_document
-from router.routes import downloads, inference, models, ops, streams
+from router.routes import downloads, inference, models, ops, slots, streams
 from router.routes.ops import build_info
 from router.state import RouterState, build_state
 from workers.errors import ApiError
@@ -59,6 +59,7 @@ def create_app(config: RouterConfig) -> Starlette:
         middleware=middleware,
         routes=[
             *ops.routes,
+            *slots.routes,
             *models.routes,
             *downloads.routes,
             *inference.routes,

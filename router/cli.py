@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes an answer may run ahead of a client that reads slowly",
     )
     add(
+        "--slot-keep-bytes",
+        type=int,
+        default=1 << 30,
+        help="disk for the KV caches of swapped-out models' slots, in all; 0 = keep none",
+    )
+    add("--slot-save-path", help="folder where POST /slots/{id}?action=save|restore keeps slots")
+    add(
         "--stream-ttl-seconds",
         type=float,
         default=300.0,
@@ -206,6 +213,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         stream_buffer_bytes=args.stream_buffer_bytes,
         stream_ttl_seconds=args.stream_ttl_seconds,
         response_buffer_bytes=args.response_buffer_bytes,
+        slot_keep_bytes=args.slot_keep_bytes,
+        slot_save_path=args.slot_save_path,
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         log_level=args.log_level,

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from router.middleware import PUBLIC
 from router.routes.downloads import AddModel
 from router.routes.models import ModelName
+from router.routes.slots import SlotRequest
 from router.routes.streams import LookupRequest
 from workers.schema import BODY_TYPES
 
@@ -76,7 +77,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/slots"): Operation(
         "a model's slots, as llama-server lists them",
-        params=(Param("model", "query", "a model id or alias", required=True), AUTOLOAD),
+        params=(
+            Param("model", "query", "a model id or alias", required=True),
+            AUTOLOAD,
+            Param("fail_on_no_slot", "query", "answer 503 when every slot is busy"),
+        ),
+    ),
+    ("POST", "/slots/{id_slot}"): Operation(
+        "save, restore or erase a slot's KV cache (needs --slot-save-path)",
+        body=SlotRequest,
+        params=(
+            Param("id_slot", "path", "the slot's number", required=True),
+            Param("action", "query", "save, restore or erase", required=True),
+            Param("model", "query", "a model id or alias, if the body names none"),
+            AUTOLOAD,
+        ),
     ),
     ("GET", "/openapi.json"): Operation("this document"),
     ("GET", "/models"): Operation(

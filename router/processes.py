@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import psutil
 
 from workers import model as model_worker
 from workers.cores import CoreTable
+from workers.errors import ApiError
 from workers.protocol import (
     Command,
     CommandCodec,
@@ -25,6 +27,8 @@ from workers.protocol import (
     Load,
     ModelSettings,
     Released,
+    SlotAction,
+    SlotAnswer,
 )
 
 log = logging.getLogger("llama-router")
@@ -49,6 +53,10 @@ def _ignore_event(event: Event) -> None:
 
 def _ignore_exit(code: int) -> None:
     pass
+
+
+def _gone(query: int) -> SlotAnswer:
+    return SlotAnswer(query, 503, ApiError(503, "the model's worker has gone").json())
 
 
 class WorkerProcess:
@@ -76,6 +84,8 @@ class WorkerProcess:
         self.exit_code: int | None = None
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._released: asyncio.Future[None] | None = None
+        self._answers: dict[int, asyncio.Future[SlotAnswer]] = {}
+        self._queries = itertools.count(1)
         self._loop.add_reader(self.conn.fileno(), self._read_events)
         self._loop.add_reader(self.process.sentinel, self._reap)
 
@@ -117,9 +127,27 @@ class WorkerProcess:
                     if self._released is not None and not self._released.done():
                         self._released.set_result(None)
                     continue
+                if isinstance(event, SlotAnswer):
+                    answer = self._answers.pop(event.query, None)
+                    if answer is not None and not answer.done():
+                        answer.set_result(event)
+                    continue
                 self._on_event(event)
         except (EOFError, OSError):
             self._loop.remove_reader(self.conn.fileno())
+
+    async def slot_action(self, action: str, slot: int = 0, path: str = "") -> SlotAnswer:
+        """Ask the worker about its slots, or act on one; a 503 answer if it goes away."""
+        query = next(self._queries)
+        answer: asyncio.Future[SlotAnswer] = self._loop.create_future()
+        self._answers[query] = answer
+        if not self.send(SlotAction(query, action, slot, path)):
+            self._answers.pop(query, None)
+            return _gone(query)
+        try:
+            return await answer
+        finally:
+            self._answers.pop(query, None)
 
     def _reap(self) -> None:
         self._loop.remove_reader(self.process.sentinel)
@@ -133,6 +161,9 @@ class WorkerProcess:
         self._cores.give_back(self.cell)
         log.info("worker %s (pid %d) exited with %s", self.model_id, self.pid, self.exit_code)
         self._exited.set_result(self.exit_code)
+        for query, answer in self._answers.items():
+            if not answer.done():
+                answer.set_result(_gone(query))
         self._on_exit(self.exit_code)
 
     async def wait(self) -> int:

@@ -85,6 +85,7 @@ class RingResponse(FollowingResponse):
         self._timeout = timeout
         self._resend = resend
         self._quiet_since = time.monotonic()
+        self._picked_up = False
 
     def _client_left(self) -> None:
         self.exchange.waker.wake()
@@ -178,6 +179,10 @@ class RingResponse(FollowingResponse):
     async def _wait(self) -> None:
         """Wait for the worker; past --timeout of silence the request fails (and is cancelled)."""
         await self.exchange.waker.wait()
+        if not self._picked_up and self.exchange.ring.taken:
+            # silence counts from when a slot took the request, not from its wait in line
+            self._picked_up = True
+            self._quiet_since = time.monotonic()
         silent = time.monotonic() - self._quiet_since
         if silent > self._timeout and self.exchange.running:
             model = self.exchange.lease.model.id

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
 from router.catalog import ModelSpec
@@ -42,6 +46,7 @@ from workers.protocol import (
     Exit,
     LoadFailed,
     Loading,
+    ModelSettings,
     Ready,
     Sleep,
     Slept,
@@ -53,6 +58,8 @@ from workers.protocol import (
 log = logging.getLogger("llama-router")
 
 _TICK_SECONDS = 1.0
+# Under the cache dir: the KV caches of swapped-out models' slots (workers/engines/kept_slots.py).
+KEPT_SLOTS_DIR = "slots"
 # LLAMA_SERVER_DEBUG_FAKE_TIMING (a test hook of llama-server's router): how long each model load
 # waits before it starts, and each request counts as in flight before it is sent.
 FAKE_TIMING_SECONDS = 2.0
@@ -423,8 +430,8 @@ class Supervisor:
         try:
             if model.spec.error or not model.spec.path:
                 raise ValueError(model.spec.error or "no model file")
-            settings = model_settings(
-                model.id, model.spec.path, model.spec.mmproj, model.spec.flags
+            settings = self._with_kept_slots(
+                model_settings(model.id, model.spec.path, model.spec.mmproj, model.spec.flags)
             )
             worker = self._spares.take()
             worker.load(
@@ -445,6 +452,18 @@ class Supervisor:
         log.info("loading %s (pid %d)", model.id, worker.pid)
         model.mark_changed()
         self._publish(model.id, "model_status", {"status": "loading"})
+
+    def _with_kept_slots(self, settings: ModelSettings) -> ModelSettings:
+        """Where the model's slots are kept while it is swapped out: a folder per model and
+        settings, since a KV cache fits only the weights and context it was made with."""
+        if self.config.slot_keep_bytes <= 0:
+            return settings
+        digest = hashlib.sha256(msgspec.json.encode(settings)).hexdigest()[:16]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.model_id)
+        folder = Path(self.config.cache_dir) / KEPT_SLOTS_DIR / f"{name}-{digest}"
+        return msgspec.structs.replace(
+            settings, kept_slots_dir=str(folder), kept_slots_bytes=self.config.slot_keep_bytes
+        )
 
     def _stop(self, model: Model, recycle: bool = True) -> None:
         worker = model.worker

@@ -33,6 +33,7 @@ class RouterProcess:
     def __init__(self, args: list[str], cache_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.cache_dir = cache_dir
         self.log_path = cache_dir / f"router-{self.port}.log"
         cache_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)

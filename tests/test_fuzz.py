@@ -59,6 +59,7 @@ def fuzzed_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterPr
             "--stream-buffer-bytes", "65536",
             "--stream-ttl-seconds", "5",
             "--timeout", "60",
+            "--slot-save-path", str(root / "saved-slots"),
         ],
         root / "cache",
         env={"HF_ENDPOINT": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed},
@@ -94,7 +95,7 @@ def test_openapi_lists_every_route_and_asks_for_the_key(fuzzed_router: RouterPro
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
     messages = document["components"]["schemas"]["ChatRequest"]["properties"]["messages"]
     assert messages["type"] == "array"
-    assert len(document["paths"]) == 21
+    assert len(document["paths"]) == 22
 
 
 def test_a_route_without_a_description_stops_the_build() -> None:

@@ -23,7 +23,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     """Four slots (llama-server's automatic number), a small answer buffer so that a reader
     that stops reading fills its ring soon."""
     cache = tmp_path_factory.mktemp("slots-cache")
-    flags = ["--models-dir", str(models_dir), "--response-buffer-bytes", "16384"]
+    saved = tmp_path_factory.mktemp("saved-slots")
+    flags = [
+        "--models-dir", str(models_dir),
+        "--response-buffer-bytes", "16384",
+        "--slot-save-path", str(saved),
+    ]  # fmt: skip
     server = RouterProcess(flags, cache).wait_ready()
     yield server
     server.stop_and_check()
@@ -126,3 +131,129 @@ def test_one_request_ends_or_fails_alone(server: RouterProcess) -> None:
     runner.join(60)
     assert results["long"]["usage"]["completion_tokens"] == 1500
     assert results["long"]["choices"][0]["finish_reason"] == "length"
+
+
+def test_slots_show_what_each_runs_and_ran(server: RouterProcess) -> None:
+    body = {"model": "tiny-b", "prompt": "once upon a time", "max_tokens": 5, "temperature": 0}
+    server.post("/v1/completions", body)
+    reply = server.post("/v1/completions", body).json()
+    listed = server.get("/slots", params={"model": "tiny-b"}).json()
+    ran = [slot for slot in listed if slot.get("n_prompt_tokens")]
+    assert ran and all(not slot["is_processing"] for slot in listed)
+    last = max(ran, key=lambda slot: slot["n_prompt_tokens_cache"])
+    assert last["n_prompt_tokens"] == reply["usage"]["prompt_tokens"]
+    assert last["n_prompt_tokens_cache"] == reply["timings"]["cache_n"] > 0
+    assert last["params"]["temperature"] == 0 and last["params"]["n_predict"] == 5
+    assert last["next_token"][0]["n_decoded"] == 5
+    assert "once" in last["prompt"] and "time" in last["prompt"]
+    free = server.get("/slots", params={"model": "tiny-b", "fail_on_no_slot": "1"})
+    assert free.status_code == 200
+
+
+def test_a_slot_is_saved_erased_and_restored(server: RouterProcess) -> None:
+    prompt = {"model": "tiny-c", "prompt": "a story " * 30, "max_tokens": 3, "temperature": 0}
+    first = server.post("/v1/completions", {**prompt, "cache_prompt": False}).json()
+    slot = _slot_holding(server, "tiny-c", first["usage"]["prompt_tokens"])
+    act = f"/slots/{slot}"
+    story = {"model": "tiny-c", "filename": "story.bin"}
+    saved = server.post(act, story, params={"action": "save"})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["filename"] == "story.bin" and saved.json()["n_written"] > 0
+    kept = saved.json()["n_saved"]
+    erased = server.post(act, {"model": "tiny-c"}, params={"action": "erase"}).json()
+    assert erased == {"id_slot": slot, "n_erased": kept}
+    restored = server.post(act, story, params={"action": "restore"}).json()
+    assert restored["n_restored"] == kept and restored["n_read"] > 0
+    again = server.post("/v1/completions", prompt).json()
+    assert again["timings"]["cache_n"] == first["usage"]["prompt_tokens"] - 1
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    for action, filename, slot_id in [
+        ("save", "../outside.bin", slot),
+        ("save", "", slot),
+        ("fly", "story.bin", slot),
+        ("restore", "story.bin", "x"),
+        ("restore", "story.bin", 99),
+        ("restore", "missing.bin", slot),
+    ]:
+        reply = server.post(
+            f"/slots/{slot_id}", {"model": "tiny-c", "filename": filename},
+            params={"action": action},
+        )  # fmt: skip
+        assert reply.status_code == 400, (action, filename, slot_id, reply.text)
+
+
+def _slot_holding(server: RouterProcess, model: str, tokens: int) -> int:
+    for slot in server.get("/slots", params={"model": model}).json():
+        if slot.get("n_prompt_tokens") == tokens:
+            return int(slot["id"])
+    raise AssertionError(f"no slot of {model} ran a prompt of {tokens} tokens")
+
+
+def test_slot_actions_need_a_save_path_and_no_free_slot_is_a_503(router, models_dir: Path) -> None:
+    server = router("--models-dir", str(models_dir), "-np", "1")
+    refused = server.post("/slots/0", {"model": "tiny-a", "filename": "a.bin"},
+                          params={"action": "save"})  # fmt: skip
+    assert refused.status_code == 501 and "--slot-save-path" in refused.json()["error"]["message"]
+    body = {
+        "model": "slow",
+        "prompt": "x",
+        "max_tokens": 3000,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=60) as held:
+        lines = held.iter_lines()  # kept: dropping the generator would close the connection
+        assert next(lines)
+        full = server.get("/slots", params={"model": "slow", "fail_on_no_slot": "1"})
+        assert full.status_code == 503 and full.json()["error"]["message"] == "no slot available"
+        [only] = server.get("/slots", params={"model": "slow"}).json()
+        assert only["is_processing"]
+
+
+def test_a_conversation_resumes_from_its_cache_after_its_model_was_swapped_out(
+    router, models_dir: Path
+) -> None:
+    server = router("--models-dir", str(models_dir), "--models-max", "1")
+    first_turn = [{"role": "user", "content": "tell me a long story " * 60}]
+    body = {"model": "slow", "messages": first_turn, "max_tokens": 4, "temperature": 0}
+    first = server.post("/v1/chat/completions", body).json()
+    assert first["timings"]["cache_n"] == 0
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x"}).ok  # slow goes
+    server.wait_status("slow", "unloaded")
+    second_turn = [
+        *first_turn,
+        {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+        {"role": "user", "content": "and then?"},
+    ]
+    second = server.post("/v1/chat/completions", {**body, "messages": second_turn}).json()
+    assert loads_of(server, "slow") == 2  # it really was loaded again
+    assert second["timings"]["cache_n"] >= first["usage"]["prompt_tokens"]
+    assert second["timings"]["prompt_n"] < first["usage"]["prompt_tokens"] / 10  # the new turn
+    assert list((server.cache_dir / "slots").glob("tiny-a-*/slot-*.bin"))  # it went in turn
+    assert not list((server.cache_dir / "slots").glob("slow-*/slot-*.bin"))  # brought back
+
+
+def loads_of(server: RouterProcess, model: str) -> int:
+    return server.log().count(f"loading {model} (pid")
+
+
+def test_silence_is_counted_from_when_a_slot_takes_the_request(router, models_dir: Path) -> None:
+    """A wait in line is not silence: with one slot, a request that waited behind another for
+    most of --timeout still has the whole --timeout for its own work."""
+    server = router("--models-dir", str(models_dir), "-np", "1", "--timeout", "3")
+    complete(server, "slow", 2)
+    body = {
+        "model": "slow",
+        "prompt": "x",
+        "max_tokens": 4000,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=60) as held:
+        lines = held.iter_lines()
+        assert next(lines)
+        waiting = ThreadPoolExecutor(1).submit(complete, server, "slow", 600)  # not streamed
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # the held stream keeps the only slot
+            next(lines)
+    assert waiting.result()["usage"]["completion_tokens"] == 600

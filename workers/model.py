@@ -12,6 +12,7 @@ one per request every few milliseconds.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import sys
 import threading
@@ -41,6 +42,8 @@ from workers.protocol import (
     Released,
     Sleep,
     Slept,
+    SlotAction,
+    SlotAnswer,
     Wake,
     Woke,
     Wrote,
@@ -87,6 +90,7 @@ def run(
         beat()
         send(Ready(engine.info()))
         if not _serve(engine, rings, conn, commands, send, beat):
+            engine.keep_slots()
             break  # the process ends: the OS frees the model faster than a collection does
         engine.sleep()
         send(Released())
@@ -101,14 +105,32 @@ def _receive(conn: Connection, commands: CommandCodec) -> Command | None:
         return None
 
 
+class _Wakeup:
+    """Wakes the main thread from its wait: a request ended, or a note is held back."""
+
+    def __init__(self) -> None:
+        self.fileno, self._signal = os.pipe()
+
+    def __call__(self) -> None:
+        os.write(self._signal, b".")
+
+    def clear(self) -> None:
+        os.read(self.fileno, 4096)
+
+    def close(self) -> None:
+        os.close(self.fileno)
+        os.close(self._signal)
+
+
 class _Requests:
     """The requests this worker runs, one thread each, and those waiting for a slot."""
 
-    def __init__(self, engine: LlamaEngine, rings: AttachedRings, notes: Notes) -> None:
+    def __init__(
+        self, engine: LlamaEngine, rings: AttachedRings, notes: Notes, wakeup: _Wakeup
+    ) -> None:
         self.waiting: deque[Infer] = deque()
         self.running: set[threading.Thread] = set()
-        self._engine, self._rings, self._notes = engine, rings, notes
-        self.finished, self._finished_signal = os.pipe()
+        self._engine, self._rings, self._notes, self._wakeup = engine, rings, notes, wakeup
 
     def start_waiting(self, slots: int) -> None:
         self.running = {thread for thread in self.running if thread.is_alive()}
@@ -122,11 +144,7 @@ class _Requests:
         try:
             serve(self._engine, self._rings, request, self._notes)
         finally:
-            os.write(self._finished_signal, b".")
-
-    def close(self) -> None:
-        os.close(self.finished)
-        os.close(self._finished_signal)
+            self._wakeup()
 
 
 def _serve(
@@ -138,8 +156,9 @@ def _serve(
     beat: Heartbeat,
 ) -> bool:
     """Serve one model until told to stop; True when the process should wait for another."""
-    notes = Notes(send)
-    requests = _Requests(engine, rings, notes)
+    wakeup = _Wakeup()
+    notes = Notes(send, wakeup)
+    requests = _Requests(engine, rings, notes, wakeup)
     control: Command | None = None  # waits for the requests that came before it
     try:
         while True:
@@ -157,16 +176,18 @@ def _serve(
                     case _:
                         return False
                 control = None
-            listening: list[Connection | int] = [requests.finished]
+            listening: list[Connection | int] = [wakeup.fileno]
             if control is None:
                 listening.append(conn)
             ready = wait(listening, NOTE_SECONDS if notes.held else HEARTBEAT_SECONDS)
-            if requests.finished in ready:
-                os.read(requests.finished, 4096)
+            if wakeup.fileno in ready:
+                wakeup.clear()
             if conn in ready:
                 match _receive(conn, commands):
                     case Infer() as request:
                         requests.waiting.append(request)
+                    case SlotAction() as action:
+                        _answer_in_background(engine, action, send)
                     case None:
                         control = Exit(recycle=False)  # the router is gone
                     case command:
@@ -175,7 +196,26 @@ def _serve(
             if not requests.running:
                 beat()  # the decoder beats while requests run: a stuck decode stays silent
     finally:
-        requests.close()
+        wakeup.close()
+
+
+def _answer_in_background(
+    engine: LlamaEngine, action: SlotAction, send: Callable[[Event], None]
+) -> None:
+    """A slot action waits for its slot to be free: it must not hold up the commands."""
+
+    def answer() -> None:
+        try:
+            result = engine.slot_action(action.action, action.slot, action.path)
+            status, body = 200, json.dumps(result).encode()
+        except ApiError as error:
+            status, body = error.status, error.json()
+        except Exception as error:  # a bug or an engine failure must not kill the worker
+            failure = ApiError(500, f"{type(error).__name__}: {error}")
+            status, body = failure.status, failure.json()
+        send(SlotAnswer(action.query, status, body))
+
+    threading.Thread(target=answer, name="slot-action", daemon=True).start()
 
 
 def _load(
@@ -222,8 +262,9 @@ class Notes:
     """`Wrote` notes to the router: at once for a request's first bytes and its end, otherwise
     at most one per request every NOTE_SECONDS; the main thread sends those held back."""
 
-    def __init__(self, send: Callable[[Event], None]) -> None:
+    def __init__(self, send: Callable[[Event], None], wakeup: Callable[[], None]) -> None:
         self._send = send
+        self._wakeup = wakeup
         self._lock = threading.Lock()
         self._sent: dict[int, float] = {}
         self.held: set[int] = set()
@@ -232,7 +273,10 @@ class Notes:
         now = time.monotonic()
         with self._lock:
             if now - self._sent.get(request_id, 0.0) < NOTE_SECONDS:
+                first_held = not self.held
                 self.held.add(request_id)
+                if first_held:
+                    self._wakeup()  # the main thread may be in a long wait
                 return
             self._sent[request_id] = now
             self.held.discard(request_id)

@@ -53,6 +53,10 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     swa_full: bool = False
     loras: list[tuple[str, float]] = []
     kv_overrides: dict[str, bool | int | float | str] = {}
+    # Where the slots' KV caches are kept while the model is swapped out, and how many bytes
+    # such files may take in all (across models); no folder: nothing is kept.
+    kept_slots_dir: str | None = None
+    kept_slots_bytes: int = 0
 
 
 # Commands: router -> worker
@@ -89,7 +93,17 @@ class Exit(_Message, tag="exit", frozen=True):
     recycle: bool = False
 
 
-Command = Load | Infer | Sleep | Wake | Exit
+class SlotAction(_Message, tag="slot_action", frozen=True):
+    """`GET /slots` (`list`) and `POST /slots/{id}` (`save`, `restore`, `erase`), answered at
+    once with a SlotAnswer of the same `query`; an action on a busy slot waits for it to end."""
+
+    query: int
+    action: str
+    slot: int = 0
+    path: str = ""
+
+
+Command = Load | Infer | Sleep | Wake | Exit | SlotAction
 
 
 # Events: worker -> router
@@ -125,7 +139,13 @@ class Woke(_Message, tag="woke", frozen=True):
     pass
 
 
-Event = Loading | Ready | LoadFailed | Wrote | Released | Slept | Woke
+class SlotAnswer(_Message, tag="slot_answer", frozen=True):
+    query: int
+    status: int
+    body: bytes  # JSON: the answer, or an error body
+
+
+Event = Loading | Ready | LoadFailed | Wrote | Released | Slept | Woke | SlotAnswer
 
 
 class CommandCodec:

@@ -54,7 +54,7 @@ async def props(request: Request) -> Response:
 
 async def model_props(request: Request, name: str) -> Response:
     """A model's own props, from what its worker reported; asking never wakes a sleeping one."""
-    model = await _started_model(request, name)
+    model = await started_model(request, name)
     info = model.info or {}
     return json_response(
         {
@@ -83,29 +83,7 @@ def _threads_now(request: Request, model: Model) -> int:
     return router_state(request).supervisor.cores.threads_of(worker.cell)
 
 
-async def slots(request: Request) -> Response:
-    """A model's slots as llama-server lists them: as many as its requests in flight are
-    processing, until its worker has let go of each (a cancelled one included). Every slot may
-    use the whole context, which they share."""
-    name = request.query_params.get("model")
-    if not name:
-        raise ApiError(400, "model name is missing from the request")
-    model = await _started_model(request, name)
-    info = model.info or {}
-    return json_response(
-        [
-            {
-                "id": slot,
-                "n_ctx": info.get("n_ctx", 0),
-                "speculative": False,
-                "is_processing": slot < model.in_flight,
-            }
-            for slot in range(info.get("n_parallel", 1))
-        ]
-    )
-
-
-async def _started_model(request: Request, name: str) -> Model:
+async def started_model(request: Request, name: str) -> Model:
     """The model, started first if it has not reported its info (`?autoload=` as for a POST);
     a sleeping one stays asleep."""
     state = router_state(request)
@@ -130,5 +108,4 @@ routes = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/health", health, methods=["GET"]),
     Route("/props", props, methods=["GET"]),
-    Route("/slots", slots, methods=["GET"]),
 ]

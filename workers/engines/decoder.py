@@ -19,7 +19,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import llama_cpp
@@ -45,6 +47,7 @@ class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # the tokens its KV cells hold, in order
     sequence: Sequence | None = None
+    last: Sequence | None = None  # the one before, for /slots
     last_used: float = 0.0
 
 
@@ -58,6 +61,7 @@ class Sequence:
     sampler: Any  # llama_sampler_p: the chain, owned and freed by the decoder
     limit: int | None  # tokens to sample at most
     cancelled: Callable[[], bool]
+    params: dict[str, Any] = field(default_factory=dict)  # as /slots shows them
     fed: int = 0  # tokens of this sequence in the KV cache
     sampled: int = 0
     next_token: int | None = None  # sampled, decoded at the next step
@@ -97,6 +101,7 @@ class Decoder:
         self.slots = [Slot(seq_id) for seq_id in range(slots)]
         self._admitted: list[Sequence] = []
         self._active: list[Sequence] = []
+        self._errands: list[tuple[Slot, Callable[[Slot], Any], Future[Any]]] = []
         self._paused = False
         self._closed = False
         self._wake = threading.Condition()
@@ -114,6 +119,7 @@ class Decoder:
         limit: int | None,
         cancelled: Callable[[], bool],
         reuse: bool = True,
+        params: dict[str, Any] | None = None,
     ) -> Sequence:
         """A sequence for `prompt` in the free slot that has most of it cached."""
         with self._wake:
@@ -121,7 +127,7 @@ class Decoder:
                 self._wake.wait()
             reused = _common_prefix(slot.cached, prompt) if reuse else 0
             reused = min(reused, len(prompt) - 1)  # the last prompt token gives the logits
-            sequence = Sequence(slot, prompt, reused, sampler, limit, cancelled)
+            sequence = Sequence(slot, prompt, reused, sampler, limit, cancelled, params or {})
             sequence.started = time.perf_counter()
             slot.sequence = sequence
             self._admitted.append(sequence)
@@ -164,6 +170,124 @@ class Decoder:
                 self._paused = False
                 self._wake.notify_all()
 
+    # --- slots, as /slots shows and keeps them -------------------------------------------------
+
+    def describe(self, detokenize: Callable[[list[int]], str]) -> list[dict[str, Any]]:
+        """llama-server's /slots entries: every slot, and the request it runs or ran last."""
+        with self._wake:
+            return [self._describe(slot, detokenize) for slot in self.slots]
+
+    def _describe(self, slot: Slot, detokenize: Callable[[list[int]], str]) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": slot.seq_id,
+            "n_ctx": self._n_ctx,
+            "speculative": False,
+            "is_processing": slot.sequence is not None,
+        }
+        sequence = slot.sequence or slot.last
+        if sequence is None:
+            return entry
+        remaining = -1 if sequence.limit is None else max(0, sequence.limit - sequence.sampled)
+        return {
+            **entry,
+            "n_prompt_tokens": len(sequence.prompt),
+            "n_prompt_tokens_processed": min(sequence.fed, len(sequence.prompt)) - sequence.reused,
+            "n_prompt_tokens_cache": sequence.reused,
+            "params": sequence.params,
+            "next_token": [
+                {
+                    "has_next_token": not sequence.done and slot.sequence is not None,
+                    "has_new_line": False,
+                    "n_remain": remaining,
+                    "n_decoded": sequence.sampled,
+                }
+            ],
+            "prompt": detokenize(sequence.prompt),
+        }
+
+    def busy_slots(self) -> int:
+        with self._wake:
+            return sum(slot.sequence is not None for slot in self.slots)
+
+    def save(self, slot_id: int, path: Path) -> dict[str, Any]:
+        def save(slot: Slot) -> dict[str, Any]:
+            started = time.perf_counter()
+            tokens = (llama_lib.llama_token * len(slot.cached))(*slot.cached)
+            written = llama_lib.llama_state_seq_save_file(
+                self._ctx, str(path).encode(), slot.seq_id, tokens, len(slot.cached)
+            )
+            if written == 0:
+                raise ApiError(500, "Unable to save slot")
+            return {
+                "id_slot": slot.seq_id,
+                "n_saved": len(slot.cached),
+                "n_written": written,
+                "timings": {"save_ms": (time.perf_counter() - started) * 1e3},
+            }
+
+        return self.when_free(slot_id, save)
+
+    def restore(self, slot_id: int, path: Path) -> dict[str, Any]:
+        def restore(slot: Slot) -> dict[str, Any]:
+            started = time.perf_counter()
+            llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            slot.cached = []
+            tokens = (llama_lib.llama_token * self._n_ctx)()
+            count = ctypes.c_size_t(0)
+            read = llama_lib.llama_state_seq_load_file(
+                self._ctx, str(path).encode(), slot.seq_id, tokens, self._n_ctx,
+                ctypes.byref(count),
+            )  # fmt: skip
+            restored = list(tokens[: count.value])
+            problem = None
+            if read == 0:
+                problem = "No available space in KV cache or invalid slot save file"
+            elif any(not 0 <= token < self._llm.n_vocab() for token in restored):
+                problem = "Invalid tokens in slot save file"
+            if problem:
+                llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+                raise ApiError(400, f"Unable to restore slot: {problem}")
+            slot.cached = restored
+            return {
+                "id_slot": slot.seq_id,
+                "n_restored": len(restored),
+                "n_read": read,
+                "timings": {"restore_ms": (time.perf_counter() - started) * 1e3},
+            }
+
+        return self.when_free(slot_id, restore)
+
+    def erase(self, slot_id: int) -> dict[str, Any]:
+        def erase(slot: Slot) -> dict[str, Any]:
+            erased = len(slot.cached)
+            llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            slot.cached = []
+            return {"id_slot": slot.seq_id, "n_erased": erased}
+
+        return self.when_free(slot_id, erase)
+
+    def when_free(self, slot_id: int, work: Callable[[Slot], T]) -> T:
+        """Run `work` on a slot in the decoder thread, once nothing runs in that slot (as
+        llama-server defers a slot action until its slot is done)."""
+        if not 0 <= slot_id < len(self.slots):
+            raise ApiError(400, "Invalid slot ID")
+        future: Future[T] = Future()
+        with self._wake:
+            self._errands.append((self.slots[slot_id], work, future))
+            self._wake.notify_all()
+        return future.result()
+
+    def _run_errands(self) -> None:
+        """Under the lock, in the decoder thread: the slot actions whose slot is free."""
+        for errand in [e for e in self._errands if e[0].sequence is None]:
+            self._errands.remove(errand)
+            slot, work, future = errand
+            try:
+                future.set_result(work(slot))
+            except Exception as error:
+                future.set_exception(error)
+        self._wake.notify_all()
+
     def shut(self) -> None:
         with self._wake:
             self._closed = True
@@ -184,6 +308,7 @@ class Decoder:
                     if not self._active:
                         self._cores.idle()
                     self._wake.wait()
+                self._run_errands()
                 if self._closed:
                     self._end_all("the model is unloading")
                     self._cores.idle()
@@ -195,6 +320,8 @@ class Decoder:
 
     def _has_work(self) -> bool:
         if self._admitted or any(s.closing for s in self._active):
+            return True
+        if any(slot.sequence is None for slot, _, _ in self._errands):
             return True
         return any(
             s.prompt_left or (s.next_token is not None and len(s.out) < LOOKAHEAD)
@@ -217,6 +344,7 @@ class Decoder:
             llama_lib.llama_sampler_free(sequence.sampler)
             slot = sequence.slot
             slot.sequence = None
+            slot.last = sequence
             slot.last_used = time.monotonic()
         if any(slot.sequence is None for slot in self.slots):
             self._wake.notify_all()
@@ -331,9 +459,14 @@ class Decoder:
             llama_lib.llama_sampler_free(sequence.sampler)
         self._admitted.clear()
         self._active.clear()
+        for _, _, future in self._errands:
+            future.set_exception(ApiError(503, message))
+        self._errands.clear()
         self._wake.notify_all()
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        """Asked by llama.cpp between graph nodes of a long prompt's decode: the worker is alive."""
+        self._beat()
         return all(sequence.cancelled() for sequence in self._abort_batch)
 
     def _use_threads(self) -> None:

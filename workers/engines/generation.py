@@ -24,6 +24,22 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 from workers.engines.decoder import PENALTY_LAST_N, Decoder
 from workers.errors import ApiError, ContextExceeded
 
+# The request's settings /slots shows, under llama-server's names.
+SHOWN_PARAMS = {
+    "temp": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repeat_penalty": "repeat_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "max_tokens": "n_predict",
+    "stop": "stop",
+    "cache_prompt": "cache_prompt",
+}
+
 
 @dataclass
 class Outcome:
@@ -161,7 +177,9 @@ def generate(
     held = ""
     chain = sampler_chain(params, vocab, llm.n_vocab())
     reuse = params.get("cache_prompt", True)
-    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse)
+    shown = {name: params[key] for key, name in SHOWN_PARAMS.items() if key in params}
+    shown["n_predict"] = -1 if max_tokens is None else max_tokens
+    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse, shown)
     outcome.started = sequence.started
     try:
         for token in decoder.tokens(sequence):

@@ -10,12 +10,14 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores, physical_cores
+from workers.engines import kept_slots
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
 from workers.engines.decoder import Decoder
@@ -220,6 +222,8 @@ class LlamaEngine:
         if s.embeddings:  # generation by default; an embeddings request switches for its call
             llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
         self._decoder = Decoder(self.llm, self.slots, self._cores, self._threads, self._beat)
+        if s.kept_slots_dir:
+            kept_slots.bring_back(self._decoder, Path(s.kept_slots_dir))
 
     @property
     def _threads(self) -> tuple[int, int]:
@@ -234,7 +238,14 @@ class LlamaEngine:
         assert self._decoder is not None
         return self._decoder
 
+    def keep_slots(self) -> None:
+        """The slots' KV caches to files, for the next load of this model."""
+        folder = self.settings.kept_slots_dir
+        if folder and self._decoder is not None:
+            kept_slots.keep(self._decoder, Path(folder), self.settings.kept_slots_bytes)
+
     def sleep(self) -> None:
+        self.keep_slots()
         if self._decoder is not None:
             self._decoder.shut()
             self._decoder = None
@@ -274,6 +285,30 @@ class LlamaEngine:
             "kv_cache": self.kv_cache,
             "n_parallel": self.slots,
         }
+
+    # --- slots --------------------------------------------------------------------------------
+
+    def slot_action(self, action: str, slot: int, path: str) -> Any:
+        """`GET /slots` (`list`) and `POST /slots/{id}?action=save|restore|erase`."""
+        if action == "list":
+            if self._decoder is None:  # asleep: nothing runs, nothing is cached
+                return [
+                    {"id": i, "n_ctx": self.settings.ctx_size, "speculative": False,
+                     "is_processing": False}
+                    for i in range(self.slots)
+                ]  # fmt: skip
+            llm = self.model
+            return self._decoder.describe(
+                lambda tokens: llm.detokenize(tokens, special=True).decode(errors="replace")
+            )
+        if action == "erase":
+            return self.decoder.erase(slot)
+        done = self.decoder.save(slot, Path(path)) if action == "save" else None
+        if action == "restore":
+            done = self.decoder.restore(slot, Path(path))
+        if done is None:
+            raise ApiError(400, "Invalid action")
+        return {"id_slot": done.pop("id_slot"), "filename": Path(path).name, **done}
 
     # --- routes -------------------------------------------------------------------------------
 
