@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoload = parse_bool(_env("LLAMA_ARG_MODELS_AUTOLOAD", "true") or "true")
     add("--models-autoload", dest="models_autoload", action="store_true", default=autoload)
     add("--no-models-autoload", dest="models_autoload", action="store_false")
+    slots = parse_bool(_env("LLAMA_ARG_ENDPOINT_SLOTS", "true") or "true")
+    add("--slots", dest="slots", action="store_true", default=slots, help="serve GET /slots")
+    add("--no-slots", dest="slots", action="store_false")
     add(
         "--sleep-idle-seconds",
         type=float,
@@ -200,6 +203,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         models_preset=args.models_preset,
         models_max=args.models_max,
         models_autoload=args.models_autoload,
+        slots_endpoint=args.slots,
         sleep_idle_seconds=args.sleep_idle_seconds,
         api_keys=keys,
         cors_origins=split_list(args.cors_origins),

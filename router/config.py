@@ -34,6 +34,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     models_max: int = 4
     threads: int = 1  # cores the model workers share (--threads; default the physical cores)
     poll: int | None = None  # llama-server's --poll: how long idle llama.cpp threads spin
+    slots_endpoint: bool = True  # GET /slots, as llama-server's --slots
     slot_save_path: str | None = None  # llama-server's: where POST /slots/{id} saves and restores
     slot_keep_bytes: int = 1 << 30  # swapped-out models' slots kept on disk, in all
     models_autoload: bool = True

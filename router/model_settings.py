@@ -39,7 +39,7 @@ YARN_FLAGS = {
 }
 
 
-# llama-server's `-np -1` (its default): four slots sharing one KV cache
+# llama-server's `-np -1` (its default): four slots sharing one KV cache (`--kv-unified`)
 AUTO_SLOTS = 4
 
 
@@ -78,6 +78,8 @@ def model_settings(
         mmproj=flags.get("mmproj", mmproj),
         ctx_size=integer("ctx-size", 4096),
         parallel=parallel if parallel > 0 else AUTO_SLOTS,
+        # as llama-server: automatic slots share one cache, a number given splits it
+        kv_unified=boolean("kv-unified", parallel <= 0),
         threads=optional_int("threads"),
         threads_batch=optional_int("threads-batch"),
         batch_size=integer("batch-size", 2048),

@@ -257,3 +257,22 @@ def test_silence_is_counted_from_when_a_slot_takes_the_request(router, models_di
         while time.monotonic() < deadline:  # the held stream keeps the only slot
             next(lines)
     assert waiting.result()["usage"]["completion_tokens"] == 600
+
+
+def test_a_number_of_slots_splits_the_context_as_llama_server_does(
+    router, models_dir: Path
+) -> None:
+    """`-np N` given: each slot gets its part of --ctx-size; the automatic four share it."""
+    split = router("--models-dir", str(models_dir), "-np", "2", "-c", "1024")
+    listed = split.get("/slots", params={"model": "tiny-a"}).json()
+    assert [slot["n_ctx"] for slot in listed] == [512, 512]
+    props = split.get("/props", params={"model": "tiny-a"}).json()
+    assert props["total_slots"] == 2 and props["default_generation_settings"]["n_ctx"] == 512
+    too_long = split.post("/v1/completions", {"model": "tiny-a", "prompt": "x" * 600})
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["n_ctx"] == 512
+    shared = router("--models-dir", str(models_dir), "-c", "1024")
+    assert {slot["n_ctx"] for slot in shared.get("/slots", params={"model": "tiny-a"}).json()} == {
+        1024
+    }
+    assert shared.post("/v1/completions", {"model": "tiny-a", "prompt": "x" * 600}).ok

@@ -23,6 +23,7 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mmproj: str | None = None
     ctx_size: int = 4096
     parallel: int = 4  # slots; llama-server's automatic value
+    kv_unified: bool = True  # the slots share one KV cache; else each has ctx_size / parallel
     threads: int | None = None
     threads_batch: int | None = None
     batch_size: int = 2048

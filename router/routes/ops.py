@@ -58,7 +58,10 @@ async def model_props(request: Request, name: str) -> Response:
     info = model.info or {}
     return json_response(
         {
-            "default_generation_settings": {"n_ctx": info.get("n_ctx", 0), "params": {}},
+            "default_generation_settings": {
+                "n_ctx": info.get("n_ctx", 0),
+                "params": info.get("default_params", {}),
+            },
             "total_slots": info.get("n_parallel", 1),
             "model_alias": model.id,
             "model_path": info.get("model_path", model.spec.path),

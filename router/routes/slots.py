@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import single_model
 from router.routes.common import JSON, query_flag, read_body, router_state
 from router.routes.ops import started_model
 from router.state import find_model, with_files
@@ -29,7 +30,10 @@ class SlotRequest(msgspec.Struct):
 async def list_slots(request: Request) -> Response:
     """Every slot of the model: `is_processing`, and the request it runs or ran last (its
     prompt, params and counts). `?fail_on_no_slot=1` answers 503 when all are busy."""
-    name = request.query_params.get("model")
+    if not router_state(request).config.slots_endpoint:
+        message = "This server does not support slots endpoint. Start it with `--slots`"
+        raise ApiError(501, message)
+    name = request.query_params.get("model") or _single_model(request)
     if not name:
         raise ApiError(400, "model name is missing from the request")
     model = await started_model(request, name)
@@ -39,6 +43,14 @@ async def list_slots(request: Request) -> Response:
     if answer.status == 200 and request.query_params.get("fail_on_no_slot"):
         _fail_if_none_free(json.loads(answer.body))
     return Response(answer.body, status_code=answer.status, media_type=JSON)
+
+
+def _single_model(request: Request) -> str | None:
+    """Started as llama-server with one model (`-m`, `-hf`): that model, as llama-server."""
+    state = router_state(request)
+    if single_model.requested(state.config):
+        return next(iter(state.supervisor.models))
+    return None
 
 
 def _fail_if_none_free(slots: list[dict[str, Any]]) -> None:
@@ -69,7 +81,7 @@ async def act_on_slot(request: Request) -> Response:
         path = f"{folder.rstrip('/')}/{filename}"
     elif action != "erase":
         raise ApiError(400, "Invalid action")
-    name = body.model or request.query_params.get("model")
+    name = body.model or request.query_params.get("model") or _single_model(request)
     if not name:
         raise ApiError(400, "model name is missing from the request")
     model = find_model(state, name)

@@ -4,21 +4,11 @@ The README lists the same tests."""
 
 from __future__ import annotations
 
-SLOTS = "issue 15 (parallel slots): -np/--parallel, GET /slots, the context shared by slots"
 API = "issue 11 (the rest of llama-server's API)"
 SAME_ORIGIN = "issue 12: same-origin unless --cors-origins (llama-server allows any origin)"
 WEB_UI = "issue 12 (the web page): the web UI's /cors-proxy"
 
 KNOWN_GAPS: dict[str, str] = {
-    "test_basic.py::test_server_slots": SLOTS,
-    "test_basic.py::test_server_props": SLOTS,
-    "test_completion.py::test_cancel_request": SLOTS,
-    "test_chat_completion.py::test_context_size_exceeded": SLOTS,
-    "test_chat_completion.py::test_context_size_exceeded_stream": SLOTS,
-    **{
-        f"test_completion.py::test_completion_parallel_slots[{slots}-{requests}]": SLOTS
-        for slots, requests in ((1, 3), (2, 2), (2, 4), (4, 2), (4, 6))
-    },
     **{
         f"test_completion.py::test_completion_response_fields[I believe the meaning of life is-"
         f"{n}-response_fields{index}]": API

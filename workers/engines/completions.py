@@ -11,7 +11,7 @@ from typing import Any
 import llama_cpp
 
 from workers.engines.chat_templates import ChatFormatter
-from workers.engines.decoder import Decoder
+from workers.engines.decoder import Decoder, slot_context
 from workers.engines.generation import Outcome, check_context, generate, grammar_for
 from workers.engines.prompts import completion_prompts, render_chat
 from workers.engines.response import SSE_DONE, Response, sse
@@ -82,7 +82,7 @@ class Completions:
     ) -> list[Run]:
         """Every prompt is checked before any is generated, so that one too long fails the
         request at once instead of in the middle of its stream."""
-        n_ctx = self.llm.n_ctx()
+        n_ctx = slot_context(self.llm)
         for prompt in prompts:
             check_context(len(prompt), n_ctx)
         choices = request.get("n_cmpl") or request.get("n") or 1

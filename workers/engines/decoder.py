@@ -90,7 +90,9 @@ class Decoder:
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
         self._vocab = llm._model.vocab
-        self._n_ctx = llm.n_ctx()
+        self._n_ctx = slot_context(llm)  # the most tokens one sequence may hold
+        self._n_cells = llm.n_ctx()
+        self._shared = self._n_ctx == self._n_cells and slots > 1
         self._n_batch = max(1, llm.n_batch)
         self._n_swa = int(llama_lib.llama_model_n_swa(llm._model.model))
         self._batch = llama_lib.llama_batch_init(max(self._n_batch, slots), 0, 1)
@@ -369,7 +371,7 @@ class Decoder:
         when the cells would not hold this step."""
         used = sum(len(slot.cached) for slot in self.slots)
         for slot in sorted(self.slots, key=lambda s: s.last_used):
-            if used + needed <= self._n_ctx:
+            if not self._shared or used + needed <= self._n_cells:
                 return
             if slot.sequence is None and slot.cached:
                 llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
@@ -439,7 +441,7 @@ class Decoder:
     def _failed(self, plan: list[Step], status: int) -> None:
         """A decode that did not happen: its sequences end, and their cells are dropped."""
         if status == 1:
-            message = f"the context is full: its {self._n_ctx} tokens are shared by every slot"
+            message = f"the context is full: its {self._n_cells} tokens are shared by every slot"
         else:
             message = f"llama_decode failed with status {status}"
         with self._wake:
@@ -476,6 +478,11 @@ class Decoder:
             llama_lib.llama_set_n_threads(self._ctx, *threads)
             self._threads = threads
             self._cores.applied(threads[0])
+
+
+def slot_context(llm: llama_cpp.Llama) -> int:
+    """The most tokens one slot may hold: the whole context when the slots share it."""
+    return int(llama_lib.llama_n_ctx_seq(llm._ctx.ctx))
 
 
 def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:

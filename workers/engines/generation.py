@@ -21,7 +21,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from workers.engines.decoder import PENALTY_LAST_N, Decoder
+from workers.engines.decoder import PENALTY_LAST_N, Decoder, slot_context
 from workers.errors import ApiError, ContextExceeded
 
 # The request's settings /slots shows, under llama-server's names.
@@ -168,7 +168,7 @@ def generate(
     """Yield the completion's text piece by piece; `outcome` holds counts and the finish reason."""
     if not prompt_tokens:
         return  # llama-server's answer to an empty prompt: an empty completion
-    n_ctx = llm.n_ctx()
+    n_ctx = slot_context(llm)
     check_context(len(prompt_tokens), n_ctx)
     max_tokens = params.get("max_tokens")
     stops = [stop for stop in params.get("stop", []) if stop]

@@ -20,10 +20,11 @@ from workers.cores import WorkerCores, physical_cores
 from workers.engines import kept_slots
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
-from workers.engines.decoder import Decoder
-from workers.engines.generation import checked_tokens
+from workers.engines.decoder import Decoder, slot_context
+from workers.engines.generation import SHOWN_PARAMS, checked_tokens
 from workers.engines.prompts import embedding_texts
 from workers.engines.response import Response
+from workers.engines.sampling import completion_kwargs
 from workers.errors import ApiError
 from workers.protocol import ModelSettings
 from workers.schema import (
@@ -74,16 +75,17 @@ ROPE_SCALINGS = {
 
 
 @contextmanager
-def _context_params(flash_attention: int, sequences: int) -> Iterator[None]:
+def _context_params(flash_attention: int, sequences: int, unified: bool) -> Iterator[None]:
     """Context parameters Llama() does not expose: llama-server's default flash attention is
     `auto` (on wherever the backend supports it), where Llama() knows only on or off; and one
-    sequence per slot in a KV cache they all share (llama-server's unified cache)."""
+    sequence per slot, in a KV cache they share (llama-server's unified cache) or each in its
+    own part of it."""
     init = llama_lib.llama_init_from_model
 
     def init_with_slots(model: Any, params: Any) -> Any:
         params.flash_attn_type = flash_attention
         params.n_seq_max = max(params.n_seq_max, sequences)
-        params.kv_unified = True
+        params.kv_unified = unified or params.kv_unified  # embeddings need it unified
         return init(model, params)
 
     llama_lib.llama_init_from_model = init_with_slots
@@ -185,7 +187,7 @@ class LlamaEngine:
         with (
             _llama_log(log_lines),
             _model_params(self._report_progress, _repack(s.repack)),
-            _context_params(FLASH_ATTN[s.flash_attn], s.parallel),
+            _context_params(FLASH_ATTN[s.flash_attn], s.parallel, s.kv_unified),
         ):
             self.llm = llama_cpp.Llama(
                 model_path=s.path,
@@ -222,6 +224,7 @@ class LlamaEngine:
         if s.embeddings:  # generation by default; an embeddings request switches for its call
             llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
         self._decoder = Decoder(self.llm, self.slots, self._cores, self._threads, self._beat)
+        self._slot_ctx = slot_context(self.llm)  # still shown while the model sleeps
         if s.kept_slots_dir:
             kept_slots.bring_back(self._decoder, Path(s.kept_slots_dir))
 
@@ -269,7 +272,7 @@ class LlamaEngine:
         meta = llm.metadata
         return {
             "model_path": self.settings.path,
-            "n_ctx": llm.n_ctx(),
+            "n_ctx": slot_context(llm),
             "n_ctx_train": llm._model.n_ctx_train(),
             "n_embd": llm.n_embd(),
             "n_vocab": llm.n_vocab(),
@@ -284,6 +287,19 @@ class LlamaEngine:
             "modalities": {"vision": self.settings.mmproj is not None, "audio": False},
             "kv_cache": self.kv_cache,
             "n_parallel": self.slots,
+            "default_params": self._default_params(),
+        }
+
+    def _default_params(self) -> dict[str, Any]:
+        """What a request without sampling fields gets, as llama-server's /props shows it."""
+        params = completion_kwargs({}, self.settings, lambda _: [])
+        shown = {name: params[key] for key, name in SHOWN_PARAMS.items() if key in params}
+        seed = self.settings.seed
+        n_predict = -1 if params["max_tokens"] is None else params["max_tokens"]
+        return {
+            **shown,
+            "n_predict": n_predict,
+            "seed": seed if seed >= 0 else llama_lib.LLAMA_DEFAULT_SEED,
         }
 
     # --- slots --------------------------------------------------------------------------------
@@ -293,7 +309,7 @@ class LlamaEngine:
         if action == "list":
             if self._decoder is None:  # asleep: nothing runs, nothing is cached
                 return [
-                    {"id": i, "n_ctx": self.settings.ctx_size, "speculative": False,
+                    {"id": i, "n_ctx": self._slot_ctx, "speculative": False,
                      "is_processing": False}
                     for i in range(self.slots)
                 ]  # fmt: skip
