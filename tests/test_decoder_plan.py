@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from workers.cores import thread_shares
@@ -19,7 +20,8 @@ def test_the_cores_are_split_among_busy_workers_only() -> None:
 
 
 def _sequence(prompt: list[int], fed: int = 0, next_token: int | None = None) -> Sequence:
-    sequence = Sequence(Slot(0), prompt, 0, None, None, lambda: False, fed=fed)
+    ready = threading.Condition()
+    sequence = Sequence(Slot(0), prompt, 0, None, None, lambda: False, ready, fed=fed)
     sequence.next_token = next_token
     return sequence
 

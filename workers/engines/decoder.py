@@ -32,11 +32,14 @@ from workers.errors import ApiError
 
 T = TypeVar("T")
 
-LOOKAHEAD = 4  # tokens a sequence may be ahead of its reader
+LOOKAHEAD = 8  # tokens a sequence may be ahead of its reader
 LONG_PROMPT = 64  # tokens; a batch with a shorter prompt chunk ends sooner than a cancel matters
 PROMPT_SIMILARITY = 0.1  # llama-server's --slot-prompt-similarity
 PENALTY_LAST_N = 64  # llama-server's --repeat-last-n
 _WAIT_SECONDS = 0.1  # a reader waiting for a token looks at its cancel flag this often
+# How often the decoder looks at its share of the cores, which the router updates every second
+# and other workers change when they start or stop decoding.
+THREADS_CHECK_SECONDS = 0.02
 
 
 Step = tuple["Sequence", list[int], bool]
@@ -61,6 +64,7 @@ class Sequence:
     sampler: Any  # llama_sampler_p: the chain, owned and freed by the decoder
     limit: int | None  # tokens to sample at most
     cancelled: Callable[[], bool]
+    ready: threading.Condition  # its reader waits here for tokens
     params: dict[str, Any] = field(default_factory=dict)  # as /slots shows them
     fed: int = 0  # tokens of this sequence in the KV cache
     sampled: int = 0
@@ -99,6 +103,7 @@ class Decoder:
         self._cores = cores
         self._caps = threads  # most threads for one token, for a prompt chunk
         self._threads = (0, 0)
+        self._threads_checked = 0.0
         self._beat = beat
         self.slots = [Slot(seq_id) for seq_id in range(slots)]
         self._admitted: list[Sequence] = []
@@ -106,7 +111,11 @@ class Decoder:
         self._errands: list[tuple[Slot, Callable[[Slot], Any], Future[Any]]] = []
         self._paused = False
         self._closed = False
-        self._wake = threading.Condition()
+        # One lock over all shared state; the decoder waits for work, start() and exclusively()
+        # for a slot or the context to be free, and each reader for its sequence's tokens.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
         self._abort_batch: list[Sequence] = []
         self._abort = llama_lib.ggml_abort_callback(self._should_abort)
         self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
@@ -124,59 +133,64 @@ class Decoder:
         params: dict[str, Any] | None = None,
     ) -> Sequence:
         """A sequence for `prompt` in the free slot that has most of it cached."""
-        with self._wake:
+        with self._lock:
             while self._paused or (slot := self._free_slot(prompt)) is None:
-                self._wake.wait()
+                self._changed.wait()
             reused = _common_prefix(slot.cached, prompt) if reuse else 0
             reused = min(reused, len(prompt) - 1)  # the last prompt token gives the logits
-            sequence = Sequence(slot, prompt, reused, sampler, limit, cancelled, params or {})
+            ready = threading.Condition(self._lock)
+            sequence = Sequence(
+                slot, prompt, reused, sampler, limit, cancelled, ready, params or {}
+            )
             sequence.started = time.perf_counter()
             slot.sequence = sequence
             self._admitted.append(sequence)
-            self._wake.notify_all()
+            self._work.notify()
         return sequence
 
     def tokens(self, sequence: Sequence) -> Iterator[int]:
         """The sequence's tokens as they are sampled; ends when it is done or cancelled."""
         while True:
-            with self._wake:
+            with self._lock:
                 while not sequence.out and not sequence.done:
                     if sequence.cancelled():
                         return
-                    self._wake.wait(_WAIT_SECONDS)
+                    sequence.ready.wait(_WAIT_SECONDS)
                 if sequence.error is not None:
                     raise ApiError(500, sequence.error)
                 if not sequence.out:
                     return
-                token = sequence.out.popleft()
-                self._wake.notify_all()  # room ahead: the decoder may feed it again
-            yield token
+                if len(sequence.out) >= LOOKAHEAD:
+                    self._work.notify()  # room ahead: the decoder feeds it again
+                taken = list(sequence.out)
+                sequence.out.clear()
+            yield from taken
 
     def close(self, sequence: Sequence) -> None:
-        with self._wake:
+        with self._lock:
             sequence.closing = True
-            self._wake.notify_all()
+            self._work.notify()
 
     def exclusively(self, work: Callable[[], T]) -> T:
         """Run `work` (an embedding) alone on the context, which it leaves empty."""
-        with self._wake:
+        with self._lock:
             while self._paused or self._admitted or self._active:
-                self._wake.wait()
+                self._changed.wait()
             self._paused = True
         try:
             return work()
         finally:
-            with self._wake:
+            with self._lock:
                 for slot in self.slots:
                     slot.cached = []
                 self._paused = False
-                self._wake.notify_all()
+                self._changed.notify_all()
 
     # --- slots, as /slots shows and keeps them -------------------------------------------------
 
     def describe(self, detokenize: Callable[[list[int]], str]) -> list[dict[str, Any]]:
         """llama-server's /slots entries: every slot, and the request it runs or ran last."""
-        with self._wake:
+        with self._lock:
             return [self._describe(slot, detokenize) for slot in self.slots]
 
     def _describe(self, slot: Slot, detokenize: Callable[[list[int]], str]) -> dict[str, Any]:
@@ -208,7 +222,7 @@ class Decoder:
         }
 
     def busy_slots(self) -> int:
-        with self._wake:
+        with self._lock:
             return sum(slot.sequence is not None for slot in self.slots)
 
     def save(self, slot_id: int, path: Path) -> dict[str, Any]:
@@ -274,9 +288,9 @@ class Decoder:
         if not 0 <= slot_id < len(self.slots):
             raise ApiError(400, "Invalid slot ID")
         future: Future[T] = Future()
-        with self._wake:
+        with self._lock:
             self._errands.append((self.slots[slot_id], work, future))
-            self._wake.notify_all()
+            self._work.notify()
         return future.result()
 
     def _run_errands(self) -> None:
@@ -288,12 +302,11 @@ class Decoder:
                 future.set_result(work(slot))
             except Exception as error:
                 future.set_exception(error)
-        self._wake.notify_all()
 
     def shut(self) -> None:
-        with self._wake:
+        with self._lock:
             self._closed = True
-            self._wake.notify_all()
+            self._work.notify()
         self._thread.join()
         llama_lib.llama_batch_free(self._batch)
 
@@ -305,11 +318,11 @@ class Decoder:
 
     def _run(self) -> None:
         while True:
-            with self._wake:
+            with self._lock:
                 while not self._closed and not self._has_work():
                     if not self._active:
                         self._cores.idle()
-                    self._wake.wait()
+                    self._work.wait()
                 self._run_errands()
                 if self._closed:
                     self._end_all("the model is unloading")
@@ -349,7 +362,7 @@ class Decoder:
             slot.last = sequence
             slot.last_used = time.monotonic()
         if any(slot.sequence is None for slot in self.slots):
-            self._wake.notify_all()
+            self._changed.notify_all()
 
     def _seat(self, sequence: Sequence) -> None:
         """Keep the slot's cached start of the prompt, drop the rest of its cells."""
@@ -369,9 +382,11 @@ class Decoder:
     def _make_room(self, needed: int) -> None:
         """The KV cache is shared by every slot: idle slots give up their cache, oldest first,
         when the cells would not hold this step."""
+        if not self._shared:
+            return
         used = sum(len(slot.cached) for slot in self.slots)
         for slot in sorted(self.slots, key=lambda s: s.last_used):
-            if not self._shared or used + needed <= self._n_cells:
+            if used + needed <= self._n_cells:
                 return
             if slot.sequence is None and slot.cached:
                 llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
@@ -414,14 +429,14 @@ class Decoder:
             (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
             for sequence, index in sampled_at
         ]
-        with self._wake:
+        with self._lock:
             for sequence, tokens, _ in plan:
                 sequence.fed += len(tokens)
                 sequence.slot.cached.extend(tokens)
                 sequence.next_token = None
             for sequence, token in tokens_out:
                 self._sampled(sequence, token, now)
-            self._wake.notify_all()
+                sequence.ready.notify()
 
     def _sampled(self, sequence: Sequence, token: int, now: float) -> None:
         if not sequence.first_token:
@@ -444,7 +459,7 @@ class Decoder:
             message = f"the context is full: its {self._n_cells} tokens are shared by every slot"
         else:
             message = f"llama_decode failed with status {status}"
-        with self._wake:
+        with self._lock:
             for sequence, _, _ in plan:
                 slot = sequence.slot
                 llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
@@ -452,19 +467,20 @@ class Decoder:
                 sequence.done = True
                 if status != 2:  # 2: aborted, because every reader in it was cancelled
                     sequence.error = message
-            self._wake.notify_all()
+                sequence.ready.notify()
 
     def _end_all(self, message: str) -> None:
         for sequence in [*self._admitted, *self._active]:
             sequence.done = True
             sequence.error = message
+            sequence.ready.notify()
             llama_lib.llama_sampler_free(sequence.sampler)
         self._admitted.clear()
         self._active.clear()
         for _, _, future in self._errands:
             future.set_exception(ApiError(503, message))
         self._errands.clear()
-        self._wake.notify_all()
+        self._changed.notify_all()
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
         """Asked by llama.cpp between graph nodes of a long prompt's decode: the worker is alive."""
@@ -472,6 +488,10 @@ class Decoder:
         return all(sequence.cancelled() for sequence in self._abort_batch)
 
     def _use_threads(self) -> None:
+        now = time.monotonic()
+        if now - self._threads_checked < THREADS_CHECK_SECONDS:
+            return
+        self._threads_checked = now
         share = self._cores.threads()
         threads = (min(share, self._caps[0]), min(share, self._caps[1]))
         if threads != self._threads:
