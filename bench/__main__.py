@@ -169,7 +169,7 @@ def main() -> None:
         parallel = ["-c", "4096", "-np", "4", "--models-max", "1"]
         results["slots"] = compare_runs(
             "one model, -np 4",
-            lambda target: slots.run(target.url, "gemma", args.tokens),
+            lambda target: slots.run(target.url, "gemma", args.tokens, "tiny-0"),
             lambda: router_target(models, work / "cache", parallel),
             reference and (lambda: reference_target(reference, models, parallel)),
             work,

@@ -1,7 +1,9 @@
 """`make bench ARGS=slots`: concurrent streams on one model, and a second turn's first token.
 
-Aggregate tokens per second of 1, 2, 4 and 8 concurrent Gemma streams at `-np 4`, and the time
-to the first token of a second chat turn whose first turn (about 700 tokens) is cached.
+Aggregate tokens per second of 1, 2, 4 and 8 concurrent Gemma streams at `-np 4`; the time to the
+first token of a second chat turn whose first turn (about 700 tokens) is cached; and the same
+after the model was swapped out for another and back (`--models-max 1`), against the first turn
+of a cold model.
 """
 
 from __future__ import annotations
@@ -74,11 +76,41 @@ def second_turn_first_token(url: str, model: str) -> dict[str, float]:
     return {"first_turn_first_token_s": cold, "second_turn_first_token_s": warm}
 
 
-def run(url: str, model: str, tokens: int) -> dict[str, float]:
+def _unload(url: str, model: str) -> None:
+    requests.post(url + "/models/unload", json={"model": model}, timeout=60)
+    while True:
+        listed = requests.get(url + "/models", timeout=60).json()["data"]
+        status = next(entry["status"]["value"] for entry in listed if entry["id"] == model)
+        if status == "unloaded":
+            return
+        time.sleep(0.05)
+
+
+def swap_back_first_token(url: str, model: str, other: str) -> dict[str, float]:
+    """First turn on a cold model; `other` takes its place; the second turn brings it back."""
+    first_turn = [{"role": "user", "content": f"{time.time_ns()} {FIRST_TURN}"}]
+    body = {"model": model, "messages": first_turn, "max_tokens": 16, "temperature": 0}
+    _unload(url, model)
+    cold, _ = _first_token_seconds(url, body)
+    answer = requests.post(url + "/v1/chat/completions", json=body, timeout=600).json()
+    requests.post(
+        url + "/v1/completions", json={"model": other, "prompt": "x", "max_tokens": 1}, timeout=600
+    ).raise_for_status()
+    second = [
+        *first_turn,
+        {"role": "assistant", "content": answer["choices"][0]["message"]["content"]},
+        {"role": "user", "content": "Summarise that in one line."},
+    ]
+    back, _ = _first_token_seconds(url, {**body, "messages": second})
+    return {"cold_first_turn_first_token_s": cold, "swapped_back_second_turn_first_token_s": back}
+
+
+def run(url: str, model: str, tokens: int, other: str) -> dict[str, float]:
     _stream_tokens(url, model, 4, 0)  # loaded
     result = {
         f"{streams} streams tok/s": concurrent_tokens_per_second(url, model, streams, tokens)
         for streams in (1, 2, 4, 8)
     }
     result.update(second_turn_first_token(url, model))
+    result.update(swap_back_first_token(url, model, other))
     return result

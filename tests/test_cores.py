@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,3 +104,23 @@ def test_busy_slots_of_one_model_are_one_busy_worker(router, two_slow_models: Pa
             list(pool.map(lambda m: generate(server, m, 300), ["slow-a"] * 3))
 
     assert ("slow-a", 2) in threads_while(server, ["slow-a"], three)
+
+
+def test_a_core_taken_by_another_program_is_left_to_it(router, two_slow_models: Path) -> None:
+    server = router("--models-dir", str(two_slow_models), "--threads", "2")
+    generate(server, "slow-a", 2)
+    assert ("slow-a", 2) in threads_while(
+        server, ["slow-a"], lambda: generate(server, "slow-a", 500)
+    )
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(2.5)  # the router measures other programs' load once a second
+        seen = threads_while(server, ["slow-a"], lambda: generate(server, "slow-a", 500))
+        assert ("slow-a", 1) in seen and ("slow-a", 2) not in seen, seen
+    finally:
+        hog.kill()
+        hog.wait()
+    time.sleep(2.5)
+    assert ("slow-a", 2) in threads_while(
+        server, ["slow-a"], lambda: generate(server, "slow-a", 500)
+    )

@@ -81,6 +81,21 @@ def test_requests_a_killed_worker_never_picked_up_are_served_by_the_next(
     assert server.log().count("loading slow (pid") == 2
 
 
+def test_a_killed_worker_fails_every_request_in_its_slots_and_resends_the_rest(
+    router, models_dir: Path
+) -> None:
+    server = router("--models-dir", str(models_dir), "--parallel", "2")
+    running = [busy(server, tokens=3000) for _ in range(2)]  # both slots taken
+    queued = [Call(server, {"model": "slow", "prompt": "x", "max_tokens": 3}) for _ in range(2)]
+    time.sleep(0.3)
+    listed = server.get("/slots", params={"model": "slow"}).json()
+    assert all(slot["is_processing"] for slot in listed)
+    os.kill(server.model("slow")["pid"], signal.SIGKILL)
+    assert [call.result() for call in running] == [500, 500]
+    assert [call.result() for call in queued] == [200, 200], [c.text for c in queued]
+    assert server.log().count("sending a request to slow again") == 2
+
+
 def test_router_sigkill_takes_workers_down_and_restart_sweeps(router, models_dir: Path) -> None:
     server = router("--models-dir", str(models_dir))
     reply = requests.post(

@@ -191,9 +191,13 @@ class Decoder:
     def describe(self, detokenize: Callable[[list[int]], str]) -> list[dict[str, Any]]:
         """llama-server's /slots entries: every slot, and the request it runs or ran last."""
         with self._lock:
-            return [self._describe(slot, detokenize) for slot in self.slots]
+            entries = [self._describe(slot) for slot in self.slots]
+        for entry in entries:  # outside the lock: a long prompt takes a while
+            if "prompt" in entry:
+                entry["prompt"] = detokenize(entry["prompt"])
+        return entries
 
-    def _describe(self, slot: Slot, detokenize: Callable[[list[int]], str]) -> dict[str, Any]:
+    def _describe(self, slot: Slot) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "id": slot.seq_id,
             "n_ctx": self._n_ctx,
@@ -218,12 +222,8 @@ class Decoder:
                     "n_decoded": sequence.sampled,
                 }
             ],
-            "prompt": detokenize(sequence.prompt),
+            "prompt": sequence.prompt,
         }
-
-    def busy_slots(self) -> int:
-        with self._lock:
-            return sum(slot.sequence is not None for slot in self.slots)
 
     def save(self, slot_id: int, path: Path) -> dict[str, Any]:
         def save(slot: Slot) -> dict[str, Any]:
@@ -378,6 +378,9 @@ class Decoder:
         sequence.reused = sequence.fed = keep
         slot.cached = sequence.prompt[:keep]
         self._active.append(sequence)
+        # in slot order: with a cache per slot, llama.cpp splits a batch whose sequence ids are
+        # out of order into several decodes
+        self._active.sort(key=lambda active: active.slot.seq_id)
 
     def _make_room(self, needed: int) -> None:
         """The KV cache is shared by every slot: idle slots give up their cache, oldest first,
