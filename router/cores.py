@@ -30,7 +30,6 @@ class CoreMeter:
     def __init__(self, table: CoreTable, budget: int) -> None:
         self.table = table
         self.budget = budget
-        self.taken = 0
         self._router = psutil.Process(os.getpid())
         self._seconds: dict[int, tuple[psutil.Process, float]] = {}
         self._last: tuple[float, float] | None = None
@@ -59,6 +58,6 @@ class CoreMeter:
         if self._last is not None:
             then, busy_before = self._last
             others = max(0.0, busy - busy_before - ours) / max(now - then, 1e-3)
-            self.taken = int(others + (1 - _TAKEN_FROM))
-            self.table.publish(self.budget - self.taken)
+            taken = int(others + (1 - _TAKEN_FROM))
+            self.table.publish(self.budget - taken)
         self._last = (now, busy)

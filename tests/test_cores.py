@@ -117,6 +117,7 @@ def test_a_core_taken_by_another_program_is_left_to_it(router, two_slow_models: 
         time.sleep(2.5)  # the router measures other programs' load once a second
         seen = threads_while(server, ["slow-a"], lambda: generate(server, "slow-a", 500))
         assert ("slow-a", 1) in seen and ("slow-a", 2) not in seen, seen
+        assert server.get("/props").json()["cores"] == {"budget": 2, "free": 1}
     finally:
         hog.kill()
         hog.wait()

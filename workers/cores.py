@@ -70,6 +70,9 @@ class CoreTable:
     def publish(self, cores: int) -> None:
         self.cells[0] = max(1, cores)
 
+    def free(self) -> int:
+        return int(self.cells[0])
+
     def threads_of(self, cell: int) -> int:
         """The threads the worker in `cell` decodes with now; 0 when it is idle."""
         return int(self.cells[CELLS + cell]) if cell and self.cells[cell] else 0

@@ -48,6 +48,11 @@ async def props(request: Request) -> Response:
             "build_info": build_info(),
             "cors_proxy_enabled": False,
             "unapplied_flags": [f"--{name}" for name in config.unapplied_flags],
+            # --threads, and what is left of it for the models after other programs' load
+            "cores": {
+                "budget": config.threads,
+                "free": router_state(request).supervisor.cores.free(),
+            },
         }
     )
 
