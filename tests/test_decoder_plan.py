@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from pathlib import Path
 
 from workers.cores import thread_shares
 from workers.engines.decoder import LOOKAHEAD, Sequence, Slot, choose_slot, plan_step
@@ -29,9 +30,11 @@ def _sequence(prompt: list[int], fed: int = 0, next_token: int | None = None) ->
 def test_a_prompt_goes_to_the_slot_that_holds_most_of_it() -> None:
     stale, alike, empty = Slot(0, [9, 9, 9], last_used=1.0), Slot(1, [1, 2, 3]), Slot(2)
     assert choose_slot([stale, alike, empty], [1, 2, 3, 4]) is alike
-    # nothing alike enough: the slot used longest ago
-    assert choose_slot([stale, alike, empty], [7, 7, 7, 7]) is alike
-    assert choose_slot([stale, empty], [7, 7, 7, 7]) is empty
+    # nothing alike enough: an empty slot, else the one used longest ago
+    assert choose_slot([stale, alike, empty], [7, 7, 7, 7]) is empty
+    assert choose_slot([stale, alike], [7, 7, 7, 7]) is alike
+    kept = Slot(3, kept=(Path("slot-3.bin"), [1, 2, 3]))  # a cache on disk counts as held
+    assert choose_slot([stale, kept], [1, 2, 3, 4]) is kept
 
 
 def test_a_step_takes_every_next_token_then_prompt_chunks_within_the_batch() -> None:

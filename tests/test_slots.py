@@ -220,18 +220,24 @@ def test_a_conversation_resumes_from_its_cache_after_its_model_was_swapped_out(
     assert first["timings"]["cache_n"] == 0
     assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x"}).ok  # slow goes
     server.wait_status("slow", "unloaded")
+    kept = server.cache_dir / "slots"
+    assert list(kept.glob("slow-*/slot-*.bin"))
+    unrelated = {"model": "slow", "prompt": [70, 71, 72], "max_tokens": 2}  # not even a BOS
+    other = server.post("/v1/completions", unrelated)
+    assert other.json()["timings"]["cache_n"] == 0  # another conversation: nothing loaded for it
+    assert list(kept.glob("slow-*/slot-*.bin"))  # and the kept one still waits
     second_turn = [
         *first_turn,
         {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
         {"role": "user", "content": "and then?"},
     ]
     second = server.post("/v1/chat/completions", {**body, "messages": second_turn}).json()
-    assert loads_of(server, "slow") == 2  # it really was loaded again
+    assert loads_of(server, "slow") == 2  # it really was loaded again, between the turns
     assert second["timings"]["cache_n"] >= first["usage"]["prompt_tokens"]
     assert second["timings"]["prompt_n"] < first["usage"]["prompt_tokens"] / 10  # the new turn
     assert second["timings"]["prompt_ms"] < first["timings"]["prompt_ms"] / 3  # sooner
-    assert list((server.cache_dir / "slots").glob("tiny-a-*/slot-*.bin"))  # it went in turn
-    assert not list((server.cache_dir / "slots").glob("slow-*/slot-*.bin"))  # brought back
+    assert list(kept.glob("tiny-a-*/slot-*.bin"))  # it went in turn
+    assert not list(kept.glob("slow-*/slot-*.bin"))  # brought back
 
 
 def loads_of(server: RouterProcess, model: str) -> int:

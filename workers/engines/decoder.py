@@ -52,6 +52,14 @@ class Slot:
     sequence: Sequence | None = None
     last: Sequence | None = None  # the one before, for /slots
     last_used: float = 0.0
+    # A cache kept on disk while the model was swapped out (its file, its tokens), loaded
+    # back only when a prompt goes to this slot because it shares its start.
+    kept: tuple[Path, list[int]] | None = None
+
+    @property
+    def known(self) -> list[int]:
+        """The tokens this slot can offer a prompt: in its cells, or in its kept file."""
+        return self.cached or (self.kept[1] if self.kept else [])
 
 
 @dataclass(eq=False)
@@ -136,7 +144,7 @@ class Decoder:
         with self._lock:
             while self._paused or (slot := self._free_slot(prompt)) is None:
                 self._changed.wait()
-            reused = _common_prefix(slot.cached, prompt) if reuse else 0
+            reused = _common_prefix(slot.known, prompt) if reuse else 0
             reused = min(reused, len(prompt) - 1)  # the last prompt token gives the logits
             ready = threading.Condition(self._lock)
             sequence = Sequence(
@@ -246,38 +254,49 @@ class Decoder:
     def restore(self, slot_id: int, path: Path) -> dict[str, Any]:
         def restore(slot: Slot) -> dict[str, Any]:
             started = time.perf_counter()
-            llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
-            slot.cached = []
-            tokens = (llama_lib.llama_token * self._n_ctx)()
-            count = ctypes.c_size_t(0)
-            read = llama_lib.llama_state_seq_load_file(
-                self._ctx, str(path).encode(), slot.seq_id, tokens, self._n_ctx,
-                ctypes.byref(count),
-            )  # fmt: skip
-            restored = list(tokens[: count.value])
-            problem = None
-            if read == 0:
-                problem = "No available space in KV cache or invalid slot save file"
-            elif any(not 0 <= token < self._llm.n_vocab() for token in restored):
-                problem = "Invalid tokens in slot save file"
-            if problem:
-                llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
-                raise ApiError(400, f"Unable to restore slot: {problem}")
-            slot.cached = restored
+            read = self._load_slot(slot, path)
             return {
                 "id_slot": slot.seq_id,
-                "n_restored": len(restored),
+                "n_restored": len(slot.cached),
                 "n_read": read,
                 "timings": {"restore_ms": (time.perf_counter() - started) * 1e3},
             }
 
         return self.when_free(slot_id, restore)
 
+    def _load_slot(self, slot: Slot, path: Path) -> int:
+        """In the decoder thread: the slot's cells and tokens from a file; bytes read."""
+        llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+        slot.cached = []
+        slot.kept = None
+        tokens = (llama_lib.llama_token * self._n_ctx)()
+        count = ctypes.c_size_t(0)
+        read = llama_lib.llama_state_seq_load_file(
+            self._ctx, str(path).encode(), slot.seq_id, tokens, self._n_ctx, ctypes.byref(count)
+        )
+        restored = list(tokens[: count.value])
+        problem = None
+        if read == 0:
+            problem = "No available space in KV cache or invalid slot save file"
+        elif any(not 0 <= token < self._llm.n_vocab() for token in restored):
+            problem = "Invalid tokens in slot save file"
+        if problem:
+            llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            raise ApiError(400, f"Unable to restore slot: {problem}")
+        slot.cached = restored
+        return int(read)
+
+    def offer_kept(self, slot_id: int, path: Path, tokens: list[int]) -> None:
+        """A cache kept on disk for this slot, loaded when a prompt that shares it comes."""
+        with self._lock:
+            self.slots[slot_id].kept = (path, tokens)
+
     def erase(self, slot_id: int) -> dict[str, Any]:
         def erase(slot: Slot) -> dict[str, Any]:
             erased = len(slot.cached)
             llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
             slot.cached = []
+            slot.kept = None
             return {"id_slot": slot.seq_id, "n_erased": erased}
 
         return self.when_free(slot_id, erase)
@@ -367,6 +386,16 @@ class Decoder:
     def _seat(self, sequence: Sequence) -> None:
         """Keep the slot's cached start of the prompt, drop the rest of its cells."""
         slot, keep = sequence.slot, sequence.reused
+        if slot.kept is not None:
+            path = slot.kept[0]
+            try:
+                if keep:  # the prompt came for this kept cache: load it now
+                    self._load_slot(slot, path)
+            except ApiError:
+                keep = 0
+            finally:
+                slot.kept = None
+                forget_kept(path)
         if not llama_lib.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             keep = 0
         elif keep and llama_lib.llama_memory_seq_pos_min(self._memory, slot.seq_id) > max(
@@ -503,6 +532,12 @@ class Decoder:
             self._cores.applied(threads[0])
 
 
+def forget_kept(path: Path) -> None:
+    """A kept slot's files, once used or overwritten."""
+    path.unlink(missing_ok=True)
+    path.with_suffix(".tokens").unlink(missing_ok=True)
+
+
 def slot_context(llm: llama_cpp.Llama) -> int:
     """The most tokens one slot may hold: the whole context when the slots share it."""
     return int(llama_lib.llama_n_ctx_seq(llm._ctx.ctx))
@@ -510,11 +545,11 @@ def slot_context(llm: llama_cpp.Llama) -> int:
 
 def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
     """llama-server's choice among free slots: the one whose cache is most like the prompt, if
-    alike enough; otherwise the one used longest ago."""
-    best = max(free, key=lambda slot: _common_prefix(slot.cached, prompt))
-    if prompt and _common_prefix(best.cached, prompt) / len(prompt) > PROMPT_SIMILARITY:
+    alike enough; otherwise an empty one, or else the one used longest ago."""
+    best = max(free, key=lambda slot: _common_prefix(slot.known, prompt))
+    if prompt and _common_prefix(best.known, prompt) / len(prompt) > PROMPT_SIMILARITY:
         return best
-    return min(free, key=lambda slot: slot.last_used)
+    return min(free, key=lambda slot: (bool(slot.known), slot.last_used))
 
 
 def plan_step(active: list[Sequence], n_batch: int) -> list[Step]:
