@@ -97,8 +97,10 @@ class Decoder:
         cores: WorkerCores,
         threads: tuple[int, int],
         beat: Callable[[], None],
+        warm_up: bool = True,
     ) -> None:
         self._llm = llm
+        self._warm_up_first = warm_up
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
         self._vocab = llm._model.vocab
@@ -336,6 +338,8 @@ class Decoder:
     # --- the decoder thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._warm_up_first:
+            self._warm_up()
         while True:
             with self._lock:
                 while not self._closed and not self._has_work():
@@ -351,6 +355,17 @@ class Decoder:
                 plan = self._plan()
             if plan:
                 self._step(plan)
+
+    def _warm_up(self) -> None:
+        """As llama-server at load: one decode of BOS and EOS, then an empty cache, so that the
+        first request does not pay for llama.cpp's first run. In this thread, whose OpenMP
+        threads every later decode uses."""
+        llm = self._llm
+        tokens = [token for token in (llm.token_bos(), llm.token_eos()) if token >= 0] or [0]
+        array = (llama_lib.llama_token * len(tokens))(*tokens)
+        with self._lock:
+            llama_lib.llama_decode(self._ctx, llama_lib.llama_batch_get_one(array, len(tokens)))
+            llama_lib.llama_memory_clear(self._memory, True)
 
     def _has_work(self) -> bool:
         if self._admitted or any(s.closing for s in self._active):

@@ -223,7 +223,9 @@ class LlamaEngine:
             _apply_loras(self.llm, s.loras)
         if s.embeddings:  # generation by default; an embeddings request switches for its call
             llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
-        self._decoder = Decoder(self.llm, self.slots, self._cores, self._threads, self._beat)
+        self._decoder = Decoder(
+            self.llm, self.slots, self._cores, self._threads, self._beat, self._generates()
+        )
         self._slot_ctx = slot_context(self.llm)  # still shown while the model sleeps
         if s.kept_slots_dir:
             kept_slots.bring_back(self._decoder, Path(s.kept_slots_dir))
@@ -333,6 +335,11 @@ class LlamaEngine:
         if handler is None:
             raise ApiError(404, f"route {route} is not served by this model")
         return handler(self, body, cancelled)
+
+    def _generates(self) -> bool:
+        metadata = self.model.metadata
+        architecture = metadata.get("general.architecture", "?")
+        return metadata.get(f"{architecture}.attention.causal") != "false"
 
     def _require_generation(self) -> None:
         """As llama-server: `--embeddings` adds embeddings to generation; only an encoder (BERT
