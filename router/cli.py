@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     slots = parse_bool(_env("LLAMA_ARG_ENDPOINT_SLOTS", "true") or "true")
     add("--slots", dest="slots", action="store_true", default=slots, help="serve GET /slots")
     add("--no-slots", dest="slots", action="store_false")
+    metrics = parse_bool(_env("LLAMA_ARG_ENDPOINT_METRICS", "false") or "false")
+    add("--metrics", dest="metrics", action="store_true", default=metrics, help="serve /metrics")
+    add("--no-metrics", dest="metrics", action="store_false")
+    add(
+        "--metrics-public",
+        action="store_true",
+        default=parse_bool(_env("LLAMA_ARG_METRICS_PUBLIC", "false") or "false"),
+        help="serve /metrics without an API key (for a scraper)",
+    )
     add(
         "--sleep-idle-seconds",
         type=float,
@@ -204,6 +213,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         models_max=args.models_max,
         models_autoload=args.models_autoload,
         slots_endpoint=args.slots,
+        metrics_endpoint=args.metrics,
+        metrics_public=args.metrics_public,
         sleep_idle_seconds=args.sleep_idle_seconds,
         api_keys=keys,
         cors_origins=split_list(args.cors_origins),

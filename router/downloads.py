@@ -11,6 +11,7 @@ import multiprocessing
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -103,8 +104,9 @@ class Download:
 
 
 class Downloads:
-    def __init__(self, publish: Publisher) -> None:
+    def __init__(self, publish: Publisher, count_bytes: Callable[[int], None]) -> None:
         self._publish = publish
+        self._count_bytes = count_bytes
         self._active: dict[str, Download] = {}
 
     def entries(self) -> list[Download]:
@@ -150,6 +152,8 @@ class Downloads:
     def _on_report(self, download: Download, report: Any) -> None:
         match report:
             case Progress():
+                before = download.progress.get(report.url, {}).get("done", 0)
+                self._count_bytes(max(0, report.done - before))
                 download.progress[report.url] = {"done": report.done, "total": report.total}
                 now = time.monotonic()
                 complete = report.done >= report.total

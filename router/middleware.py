@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse, Response
 
 from workers.errors import ApiError
+
+if TYPE_CHECKING:
+    from router.metrics import RouterMetrics
 
 Scope = dict[str, Any]
 
@@ -19,14 +23,22 @@ PUBLIC = frozenset(
     {("GET", "/health"), ("GET", "/v1/health"), ("GET", "/models"), ("GET", "/v1/models")}
 )
 INVALID_KEY = ApiError(401, "Invalid API Key")
+# The web page (`/` and its files under /web/) is public too, as llama-server's web UI is.
+PAGE_FILES = "/web/"
+
+
+def is_page(scope: Scope) -> bool:
+    path = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (path == "/" or path.startswith(PAGE_FILES))
 
 
 class ApiKeys:
     """Every route but the public ones needs `Authorization: Bearer K` or `X-Api-Key: K`."""
 
-    def __init__(self, app: Any, keys: list[str]) -> None:
+    def __init__(self, app: Any, keys: list[str], public: frozenset[tuple[str, str]]) -> None:
         self.app = app
         self._keys = [key.encode() for key in keys]
+        self._public = public
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or self._allowed(scope):
@@ -38,7 +50,9 @@ class ApiKeys:
         await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Scope) -> bool:
-        if (scope["method"], scope["path"]) in PUBLIC or scope["method"] == "OPTIONS":
+        if (scope["method"], scope["path"]) in self._public or scope["method"] == "OPTIONS":
+            return True
+        if is_page(scope):
             return True
         offered = []
         for name, value in scope["headers"]:
@@ -99,3 +113,31 @@ class LlamaServerCors(CORSMiddleware):
             if name.lower() not in ("access-control-allow-origin", "content-length")
         }
         return PlainTextResponse("", headers=headers)
+
+
+class RequestTimer:
+    """Times every HTTP request until its last byte, by route and status class, for /metrics."""
+
+    def __init__(self, app: Any, metrics: RouterMetrics) -> None:
+        self.app = app
+        self._seconds = metrics.request_seconds
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            # the route's template, so that paths nobody serves do not each make a series
+            route = getattr(scope.get("route"), "path", "other")
+            self._seconds.labels(route, f"{status // 100}xx").observe(time.perf_counter() - started)

@@ -48,6 +48,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     event_stream: bool = False  # the answer may be text/event-stream
     success: int = 200
+    plain_text: bool = False  # the answer is text/plain, not JSON
 
 
 AUTOLOAD = Param("autoload", "query", "load the model if needed: true/1, anything else is false")
@@ -94,6 +95,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ),
     ),
     ("GET", "/openapi.json"): Operation("this document"),
+    ("GET", "/metrics"): Operation(
+        "Prometheus figures of every model and of the router, or of one model with ?model=",
+        params=(Param("model", "query", "a model id or alias"), AUTOLOAD),
+        plain_text=True,
+    ),
     ("GET", "/models"): Operation(
         "the model table", params=(Param("reload", "query", "re-read models dir and presets"),)
     ),
@@ -144,7 +150,12 @@ ERROR_SCHEMA: JsonObject = {
 }
 
 
-def build_document(routes: list[BaseRoute], keys_required: bool, version: str) -> JsonObject:
+def build_document(
+    routes: list[BaseRoute],
+    keys_required: bool,
+    version: str,
+    public: frozenset[tuple[str, str]] = PUBLIC,
+) -> JsonObject:
     """The document for these routes; raises if a route has no description in OPERATIONS."""
     bodies = sorted({op.body for op in OPERATIONS.values() if op.body}, key=lambda t: t.__name__)
     refs, schemas = msgspec.json.schema_components(
@@ -160,7 +171,7 @@ def build_document(routes: list[BaseRoute], keys_required: bool, version: str) -
             operation = OPERATIONS.get((method, route.path))
             if operation is None:
                 raise LookupError(f"{method} {route.path} has no OpenAPI description")
-            secured = keys_required and (method, route.path) not in PUBLIC
+            secured = keys_required and (method, route.path) not in public
             entry = _operation(operation, body_refs.get(operation.body), secured)
             paths.setdefault(route.path, {})[method.lower()] = entry
     document: JsonObject = {
@@ -179,6 +190,8 @@ def build_document(routes: list[BaseRoute], keys_required: bool, version: str) -
 
 def _operation(operation: Operation, body: JsonObject | None, secured: bool) -> JsonObject:
     answer: JsonObject = {"application/json": {"schema": {}}}
+    if operation.plain_text:
+        answer = {"text/plain": {"schema": STRING}}
     if operation.event_stream:
         answer["text/event-stream"] = {"schema": STRING}
     success: JsonObject = {"description": "success"}

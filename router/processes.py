@@ -17,6 +17,7 @@ import psutil
 
 from workers import model as model_worker
 from workers.cores import CoreTable
+from workers.engine_counters import EngineCounters
 from workers.errors import ApiError
 from workers.protocol import (
     Command,
@@ -73,9 +74,10 @@ class WorkerProcess:
         self.heartbeat = _SPAWN.Value("d", time.monotonic(), lock=False)
         self._cores = cores
         self.cell = cores.take_cell()
+        self.counters = EngineCounters()
         self.process = _SPAWN.Process(
             target=model_worker.run,
-            args=(child_conn, self.heartbeat, cores.cells, self.cell),
+            args=(child_conn, self.heartbeat, cores.cells, self.cell, self.counters.cells),
             name="llama-router-model",
         )
         self.process.start()
@@ -105,6 +107,7 @@ class WorkerProcess:
     ) -> bool:
         """Make this (spare) worker load a model; its reports go to the given callbacks."""
         self.model_id = settings.model_id
+        self.counters.clear()  # a spare's figures were its last model's
         self._on_event = on_event
         self._on_exit = on_exit
         return self.send(Load(settings))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from router.events import PING_SECONDS, EventHub, Subscriber
+from router.metrics import RequestClock
 from router.relay import Exchange
 from router.streams import Session
 from workers.errors import ApiError
@@ -76,10 +77,12 @@ class RingResponse(FollowingResponse):
         exchange: Exchange,
         close: Callable[[Exchange], None],
         timeout: float,
-        resend: Callable[[], Awaitable[Exchange]] | None = None,
+        resend: Callable[[], Awaitable[Exchange]],
+        clock: RequestClock,
     ) -> None:
         super().__init__()
         self.exchange = exchange
+        self._clock = clock
         self._close = close
         self._closed = False
         self._timeout = timeout
@@ -116,7 +119,7 @@ class RingResponse(FollowingResponse):
             exchange = self.exchange
             while exchange.ring.write_pos == 0 and exchange.running and not self._gone:
                 await self._wait()
-            if self._gone or not exchange.orphaned or self._resend is None:
+            if self._gone or not exchange.orphaned:
                 return
             log.info(
                 "sending a request to %s again: its worker died first", exchange.lease.model.id
@@ -141,15 +144,20 @@ class RingResponse(FollowingResponse):
         if exchange.failure is not None:
             await _send_json(send, exchange.failure.status, exchange.failure.json())
         else:
-            await _send_json(send, ring.status, b"".join(parts))
+            timing = self._clock.server_timing(ring.first_byte_ns)
+            await _send_json(send, ring.status, b"".join(parts), [timing])
 
     async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        clock = self._clock
+        headers = [*SSE_HEADERS, clock.server_timing(self.exchange.ring.first_byte_ns)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        clock.streaming()
         offset = 0
         async for data in self._follow():
             await send({"type": "http.response.body", "body": data, "more_body": True})
             offset += len(data)
             self.exchange.ring.ack(offset)
+            clock.relayed(data)
         if self._gone:
             return
         tail = self.exchange.failure.sse() if self.exchange.failure is not None else b""
@@ -211,8 +219,10 @@ async def unless(work: Awaitable[T], stop: Awaitable[object]) -> T | None:
     return None
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    headers = [JSON_TYPE, (b"content-length", str(len(body)).encode())]
+async def _send_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [JSON_TYPE, (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -239,13 +249,20 @@ class SessionResponse(FollowingResponse):
                 return
             while ring.write_pos == 0 and ring.state is RingState.RUNNING and not self._gone:
                 await session.waker.wait()
+            timing = session.clock.server_timing(ring.first_byte_ns)
             if ring.media is Media.JSON:
                 body = b"".join([data async for data in self._follow()])
-                await _send_json(send, ring.status, body)
+                await _send_json(send, ring.status, body, [timing])
                 return
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            headers = [*SSE_HEADERS, timing]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            session.clock.streaming()
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         async for data in self._follow():
             await send({"type": "http.response.body", "body": data, "more_body": True})
+            if self.original:
+                session.clock.relayed(data)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _follow(self) -> AsyncIterator[bytes]:

@@ -11,6 +11,7 @@ from router.catalog import FoundFiles, ModelSpec, build_catalog
 from router.config import RouterConfig
 from router.downloads import Downloads
 from router.events import EventHub
+from router.metrics import RouterMetrics, StateCollector, model_view
 from router.presets import PresetError, Presets, load_presets
 from router.relay import Relay
 from router.streams import Streams
@@ -28,6 +29,7 @@ class RouterState:
     streams: Streams
     events: EventHub
     downloads: Downloads
+    metrics: RouterMetrics
     loop: asyncio.AbstractEventLoop | None = None
 
     def stop_generations(self) -> None:
@@ -108,10 +110,22 @@ def build_state(config: RouterConfig) -> RouterState:
         bundled = bundled_models(config.cache_dir)
     specs = catalog(config, presets, bundled)
     check_startup(specs, config)
+    metrics = RouterMetrics()
     relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
-    supervisor = Supervisor(config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone)
+    supervisor = Supervisor(
+        config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone, metrics=metrics
+    )
     streams = Streams(supervisor, relay, config.stream_buffer_bytes, config.stream_ttl_seconds)
     events = EventHub()
     supervisor.subscribe(events.publish)
-    downloads = Downloads(events.publish)
-    return RouterState(config, presets, bundled, supervisor, relay, streams, events, downloads)
+    downloads = Downloads(events.publish, metrics.download_bytes.inc)
+    metrics.watch(
+        StateCollector(
+            models=lambda: [model_view(model) for model in supervisor.models.values()],
+            sessions=streams.held,
+            http_processes=lambda: 1,
+        )
+    )
+    return RouterState(
+        config, presets, bundled, supervisor, relay, streams, events, downloads, metrics
+    )

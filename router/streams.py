@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.metrics import RequestClock
 from router.relay import Exchange, Relay, Waker, new_segment_name
 from router.supervisor import Model, Supervisor
 from workers.errors import ApiError
@@ -31,6 +32,7 @@ class Session:
     slot: int
     ring: Ring
     model: Model
+    clock: RequestClock
     started_ns: int = field(default_factory=time.time_ns)
     state: SessionState = SessionState.PENDING
     completed_ns: int = 0
@@ -91,7 +93,13 @@ class Streams:
     # --- starting -------------------------------------------------------------------------------
 
     def start(
-        self, conversation_id: str, model: Model, route: str, body: bytes, autoload: bool
+        self,
+        conversation_id: str,
+        model: Model,
+        route: str,
+        body: bytes,
+        autoload: bool,
+        clock: RequestClock,
     ) -> Session:
         check_conversation_id(conversation_id)
         self.delete(conversation_id)
@@ -100,7 +108,7 @@ class Streams:
         if not self._free_slots:
             raise ApiError(503, "too many live conversation sessions, try again later")
         ring = Ring.create(new_segment_name(), self._ring_bytes, backpressure=False)
-        session = Session(conversation_id, self._free_slots.pop(), ring, model)
+        session = Session(conversation_id, self._free_slots.pop(), ring, model, clock)
         self._sessions[conversation_id] = session
         self._publish(session)
         session.task = asyncio.get_running_loop().create_task(
@@ -123,6 +131,7 @@ class Streams:
             lease, route, body, ring=session.ring, event_ids=True, waker=session.waker
         )
         session.exchange = exchange
+        session.clock.sent(lease.waited)
         session.state = SessionState.LIVE
         self._publish(session)
         session.sent.set_result(None)
@@ -188,6 +197,11 @@ class Streams:
         self.index.write(session.slot, session.entry())
 
     # --- lookup and time ------------------------------------------------------------------------
+
+    def held(self) -> tuple[int, int]:
+        """How many sessions are listed, and the bytes written into them."""
+        sessions = list(self._sessions.values())
+        return len(sessions), sum(session.ring.write_pos for session in sessions)
 
     def lookup(self, conversation_ids: list[str]) -> list[dict[str, Any]]:
         rows = []

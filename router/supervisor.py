@@ -37,9 +37,11 @@ from router.catalog import ModelSpec
 from router.config import RouterConfig
 from router.cores import CoreMeter
 from router.gguf_memory import memory_needed
+from router.metrics import RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.processes import SpareWorkers, WorkerProcess, apply_poll
 from workers.cores import CoreTable
+from workers.engine_counters import EngineTotals
 from workers.errors import ApiError
 from workers.protocol import (
     Event,
@@ -102,6 +104,8 @@ class Model:
     # Chosen to give up its slot once its requests are done: takes no new ones meanwhile, so
     # that a model waiting in the queue cannot starve behind models that never go idle.
     draining: bool = False
+    load_started: float = 0.0
+    engine: EngineTotals = field(default_factory=EngineTotals)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -129,6 +133,7 @@ class Lease:
     worker: WorkerProcess
     touch: bool
     released: bool = False
+    waited: float = 0.0  # seconds until the model could take it
 
 
 Publisher = Callable[[str, str, dict[str, Any] | None], None]
@@ -216,8 +221,10 @@ class Supervisor:
         specs: dict[str, ModelSpec],
         on_wrote: Callable[[int], None],
         on_worker_gone: Callable[[WorkerProcess], None],
+        metrics: RouterMetrics,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.models: dict[str, Model] = {spec.id: Model(spec) for spec in specs.values()}
         self.names: dict[str, str] = {}
         self._rebuild_names()
@@ -262,7 +269,11 @@ class Supervisor:
 
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
+        started = time.monotonic()
         lease = await self._wait_for_lease(model, autoload, touch)
+        lease.waited = time.monotonic() - started
+        if touch:  # a request, not a look at the model's props or slots
+            self.metrics.queue_wait.labels(model.id).observe(lease.waited)
         if self.config.debug_fake_timing:
             await self._hold_busy(lease)
         return lease
@@ -351,6 +362,8 @@ class Supervisor:
         victim = pick_victim(self.models.values(), {model.id, *(m.id for m in self.queue)})
         if victim is None:
             raise ApiError(503, "model limit reached, try again later")
+        log.info("evicting %s to make room for %s", victim.id, model.id)
+        self.metrics.evictions.labels(victim.id).inc()
         # First in line for the slot the victim frees; the queue starts it once the victim is gone.
         if model in self.queue:
             self.queue.remove(model)
@@ -408,6 +421,7 @@ class Supervisor:
             victim = pick_victim(self.models.values(), queued)
             if victim is not None:
                 log.info("evicting %s to make room for %s", victim.id, head.id)
+                self.metrics.evictions.labels(victim.id).inc()
                 self._stop(victim)
             elif not any(model.draining for model in self.models.values()):
                 drain = pick_drain(self.models.values(), queued)
@@ -443,12 +457,14 @@ class Supervisor:
             model.load_error = str(error)
             model.failed = True
             model.failed_loads += 1
+            self.metrics.load_failures.labels(model.id).inc()
             log.error("cannot start %s: %s", model.id, error)
             self._changed(model)
             return
         model.worker = worker
         model.status = Status.LOADING
         model.progress = 0.0
+        model.load_started = time.monotonic()
         log.info("loading %s (pid %d)", model.id, worker.pid)
         model.mark_changed()
         self._publish(model.id, "model_status", {"status": "loading"})
@@ -518,6 +534,10 @@ class Supervisor:
                 model.info = event.info
                 model.progress = None
                 model.last_used = model.idle_since = time.monotonic()
+                self.metrics.loads.labels(model.id).inc()
+                self.metrics.load_seconds.labels(model.id).observe(
+                    model.idle_since - model.load_started
+                )
                 log.info("%s is loaded", model.id)
                 self._changed(model, info=event.info)
                 self._pump()
@@ -531,12 +551,15 @@ class Supervisor:
         self._on_worker_gone(worker)
         if model.worker is not worker:
             return
+        model.engine.retire(worker.counters)
         asked = model.status is Status.STOPPING
         if model.status is Status.LOADING or model.load_error:
             model.failed_loads += 1
+            self.metrics.load_failures.labels(model.id).inc()
         if not asked:
             model.failed = True
             model.exit_code = code
+            self.metrics.worker_deaths.labels(model.id).inc()
             log.error("worker of %s exited unexpectedly with %s", model.id, code)
         model.worker = None
         model.status = Status.UNLOADED

@@ -39,10 +39,10 @@ def test_an_unknown_flag_stops_the_start_naming_it_and_the_closest(tmp_path: Pat
 def test_a_known_flag_that_is_not_applied_is_named_at_start_and_in_props(
     router, models_dir: Path
 ) -> None:
-    server = router("--models-dir", str(models_dir), "--no-slots", "--metrics", "-cb")
-    assert "accepted but not applied here: --cont-batching, --metrics" in server.log()
+    server = router("--models-dir", str(models_dir), "--no-slots", "--props", "-cb")
+    assert "accepted but not applied here: --cont-batching, --props" in server.log()
     props = server.get("/props").json()
-    assert props["unapplied_flags"] == ["--cont-batching", "--metrics"]
+    assert props["unapplied_flags"] == ["--cont-batching", "--props"]
     assert server.get("/slots", params={"model": "tiny-a"}).status_code == 501  # --no-slots
     quiet = router("--models-dir", str(models_dir), "-c", "512", "-fa", "off", "--no-mmap")
     assert "not applied" not in quiet.log()

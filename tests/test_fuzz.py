@@ -60,6 +60,7 @@ def fuzzed_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterPr
             "--stream-ttl-seconds", "5",
             "--timeout", "60",
             "--slot-save-path", str(root / "saved-slots"),
+            "--metrics",
         ],
         root / "cache",
         env={"HF_ENDPOINT": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed},
@@ -95,7 +96,7 @@ def test_openapi_lists_every_route_and_asks_for_the_key(fuzzed_router: RouterPro
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
     messages = document["components"]["schemas"]["ChatRequest"]["properties"]["messages"]
     assert messages["type"] == "array"
-    assert len(document["paths"]) == 22
+    assert len(document["paths"]) == 23
 
 
 def test_a_route_without_a_description_stops_the_build() -> None:

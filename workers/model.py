@@ -25,6 +25,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING
 
 from workers.cores import WorkerCores
+from workers.engine_counters import EngineCounters, Figure
 from workers.errors import ApiError
 from workers.protocol import (
     EXIT_LOAD_FAILED,
@@ -65,12 +66,14 @@ def run(
     heartbeat: Synchronized[float],
     cores: ctypes.Array[ctypes.c_int],
     cell: int,
+    figures: ctypes.Array[ctypes.c_double],
 ) -> None:
     """Process entry point (multiprocessing target). The router starts workers ahead of need:
     this one pays for its imports now and learns which model it serves from a Load command.
     Unloaded with `recycle`, it frees the model and waits for the next Load instead of exiting,
     so that swapping models costs no process start. `cores` is the CPU budget table shared by
-    every worker, `cell` this worker's place in it (workers/cores.py)."""
+    every worker, `cell` this worker's place in it (workers/cores.py); `figures` its engine
+    counters (workers/engine_counters.py)."""
     os.setpgrp()  # one group per worker, so the router can signal the worker and its children
     _exit_with_parent()
     commands, events = CommandCodec(), EventCodec()
@@ -85,8 +88,9 @@ def run(
     rings = AttachedRings()
     beat = Heartbeat(heartbeat)
     share = WorkerCores(cores, cell)
+    counters = EngineCounters(figures)
     while isinstance(command := _receive(conn, commands), Load):
-        engine = _load(command.settings, send, beat, share)
+        engine = _load(command.settings, send, beat, share, counters)
         beat()
         send(Ready(engine.info()))
         if not _serve(engine, rings, conn, commands, send, beat):
@@ -163,6 +167,7 @@ def _serve(
     try:
         while True:
             requests.start_waiting(engine.slots)
+            engine.counters.set(Figure.DEFERRED, len(requests.waiting))
             if control is not None and not requests.waiting and not requests.running:
                 match control:
                     case Sleep():
@@ -219,7 +224,11 @@ def _answer_in_background(
 
 
 def _load(
-    settings: ModelSettings, send: Callable[[Event], None], beat: Heartbeat, cores: WorkerCores
+    settings: ModelSettings,
+    send: Callable[[Event], None],
+    beat: Heartbeat,
+    cores: WorkerCores,
+    counters: EngineCounters,
 ) -> LlamaEngine:
     beat()  # a spare has waited for this without a word
     send(Loading(0.0))
@@ -239,7 +248,7 @@ def _load(
             send(Loading(value))
 
     try:
-        engine = LlamaEngine(settings, report, cores, beat)
+        engine = LlamaEngine(settings, report, cores, beat, counters)
     except Exception as error:
         send(LoadFailed(f"failed to load model '{settings.model_id}': {error}"))
         sys.exit(EXIT_LOAD_FAILED)

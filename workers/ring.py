@@ -22,7 +22,10 @@ MAGIC = 0x4C4C52494E4731  # "LLRING1"
 HEADER_BYTES = 128
 
 _MAGIC, _CAPACITY, _WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _FLAGS = range(8)
-_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN = range(8, 13)
+_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS = range(8, 14)
+
+# what one request leaves in the header of a pooled ring
+_PER_REQUEST = (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS)
 
 _FLAG_BACKPRESSURE = 1
 _BACKPRESSURE_SLEEP = 0.0005
@@ -165,8 +168,14 @@ class Ring:
     def take(self) -> None:
         self._words[_TAKEN] = 1
 
+    @property
+    def first_byte_ns(self) -> int:
+        """time.monotonic_ns() (the same clock in every process) when the response began."""
+        return self._words[_FIRST_BYTE_NS]
+
     def begin(self, status: int, media: Media) -> None:
         """Set the response head; readers look at it once the first byte or the end is there."""
+        self._words[_FIRST_BYTE_NS] = time.monotonic_ns()
         self._words[_STATUS] = status
         self._words[_MEDIA] = media
 
@@ -176,7 +185,7 @@ class Ring:
 
     def reset(self) -> None:
         """Make a finished ring ready for its next request (owner only, nobody else using it)."""
-        for word in (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS, _TAKEN):
+        for word in _PER_REQUEST:
             self._words[word] = 0
         self._words[_STATUS] = 200
         self._words[_STARTED_NS] = time.time_ns()

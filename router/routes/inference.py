@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router.metrics import RequestClock
 from router.relay import Exchange, Relay
 from router.responses import RingResponse, SessionResponse, unless
 from router.routes.common import query_flag, read_body, router_state
@@ -29,6 +30,7 @@ class ClientGone(Exception):
 async def infer(request: Request) -> Any:
     route = request.url.path
     body = await read_body(request)
+    arrived_ns = time.monotonic_ns()  # the client's upload is not the router's cost
     name: str | None = decode_body(body, BODY_TYPES[route]).model
     state = router_state(request)
     model = model_for_request(state, name)
@@ -39,9 +41,10 @@ async def infer(request: Request) -> Any:
     autoload = query_flag(request, "autoload", state.config.models_autoload)
     if autoload:
         model = await with_files(state, model)
+    clock = RequestClock(state.metrics, model.id, arrived_ns)
     conversation_id = request.headers.get("x-conversation-id")
     if conversation_id:  # an empty id asks for no session, as in llama-server
-        session = state.streams.start(conversation_id, model, route, body, autoload)
+        session = state.streams.start(conversation_id, model, route, body, autoload, clock)
         return SessionResponse(session, 0, original=True)
     deadline = time.monotonic() + state.config.timeout
     try:
@@ -53,7 +56,8 @@ async def infer(request: Request) -> Any:
         return _send(state.relay, await _acquire(state, model, autoload, deadline), route, body)
 
     exchange = _send(state.relay, lease, route, body)
-    return RingResponse(exchange, state.relay.close, state.config.timeout, resend)
+    clock.sent(lease.waited)
+    return RingResponse(exchange, state.relay.close, state.config.timeout, resend, clock)
 
 
 async def _acquire(state: RouterState, model: Model, autoload: bool, deadline: float) -> Lease:

@@ -28,6 +28,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores
+from workers.engine_counters import EngineCounters, Figure
 from workers.errors import ApiError
 
 T = TypeVar("T")
@@ -97,9 +98,11 @@ class Decoder:
         cores: WorkerCores,
         threads: tuple[int, int],
         beat: Callable[[], None],
+        counters: EngineCounters,
         warm_up: bool = True,
     ) -> None:
         self._llm = llm
+        self.counters = counters
         self._warm_up_first = warm_up
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
@@ -383,6 +386,7 @@ class Decoder:
         for sequence in self._admitted:
             self._seat(sequence)
         self._admitted.clear()
+        self.counters.set(Figure.PROCESSING, len(self._active))
         plan = plan_step(self._active, self._n_batch)
         self._make_room(sum(len(tokens) for _, tokens, _ in plan))
         return plan
@@ -471,6 +475,7 @@ class Decoder:
         if status != 0:
             self._failed(plan, status)
             return
+        self._count_decode()
         now = time.perf_counter()
         tokens_out = [
             (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
@@ -484,6 +489,12 @@ class Decoder:
             for sequence, token in tokens_out:
                 self._sampled(sequence, token, now)
                 sequence.ready.notify()
+
+    def _count_decode(self) -> None:
+        counters = self.counters
+        counters.add(Figure.DECODES, 1)
+        counters.add(Figure.BUSY_SLOTS, len(self._active))
+        counters.raise_to(Figure.TOKENS_MAX, max(sequence.fed for sequence in self._active))
 
     def _sampled(self, sequence: Sequence, token: int, now: float) -> None:
         if not sequence.first_token:

@@ -190,7 +190,9 @@ def generate(
                 outcome.finish_reason = "stop"
                 break
             outcome.completion_tokens += 1
+            previous = outcome.last_token or outcome.prompt_done
             outcome.last_token = time.perf_counter()
+            decoder.counters.predicted(outcome.last_token - previous)
             text = held + utf8.decode(token_piece(vocab, token))
             cut = _first_stop(text, stops)
             if cut is not None:
@@ -217,6 +219,7 @@ def generate(
             return
     finally:
         decoder.close(sequence)
+        decoder.counters.add_prompt(outcome.timings())
     rest = held + utf8.decode(b"", final=True)
     if rest:
         yield rest

@@ -17,6 +17,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores, physical_cores
+from workers.engine_counters import EngineCounters
 from workers.engines import kept_slots
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
@@ -163,8 +164,10 @@ class LlamaEngine:
         report_progress: Callable[[float], None],
         cores: WorkerCores,
         beat: Callable[[], None],
+        counters: EngineCounters,
     ) -> None:
         self.settings = settings
+        self.counters = counters
         self.slots = settings.parallel
         self._report_progress = report_progress
         self._cores = cores
@@ -224,7 +227,13 @@ class LlamaEngine:
         if s.embeddings:  # generation by default; an embeddings request switches for its call
             llama_lib.llama_set_embeddings(self.llm._ctx.ctx, False)
         self._decoder = Decoder(
-            self.llm, self.slots, self._cores, self._threads, self._beat, self._generates()
+            self.llm,
+            self.slots,
+            self._cores,
+            self._threads,
+            self._beat,
+            self.counters,
+            self._generates(),
         )
         self._slot_ctx = slot_context(self.llm)  # still shown while the model sleeps
         if s.kept_slots_dir:

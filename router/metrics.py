@@ -1,0 +1,346 @@
+"""`GET /metrics`: every model's engine figures under llama-server's names, and the router's own.
+
+Built on prometheus_client. Figures that change with every event (loads, evictions, waits,
+latencies, downloads) are its counters and histograms, updated where they happen; figures that
+are a state (models by status, requests waiting, sessions, each model's engine counters, read
+from the memory its worker writes) are collected when the page is scraped, so keeping them
+costs nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from workers.engine_counters import Figure
+
+if TYPE_CHECKING:
+    from router.supervisor import Model
+
+disable_created_metrics()  # `_created` samples only double the page: nobody graphs them
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. Loads and queue waits are long; the router's own cost and token gaps are short.
+_LONG = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_SHORT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_TOKENS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+# llama-server's engine figures: name, help, and where each comes from
+_ENGINE_COUNTERS = (
+    (
+        "prompt_tokens_total",
+        "Number of prompt tokens processed, excluding cached tokens",
+        Figure.PROMPT_TOKENS,
+    ),
+    (
+        "prompt_tokens_cached_total",
+        "Number of prompt tokens reused from the cache",
+        Figure.PROMPT_TOKENS_CACHED,
+    ),
+    ("prompt_seconds_total", "Total time spent processing prompts", Figure.PROMPT_SECONDS),
+    ("tokens_predicted_total", "Number of generation tokens processed", Figure.PREDICTED_TOKENS),
+    (
+        "tokens_predicted_seconds_total",
+        "Total time spent generating tokens",
+        Figure.PREDICTED_SECONDS,
+    ),
+    ("n_decode_total", "Total number of llama_decode() calls", Figure.DECODES),
+    (
+        "n_tokens_max",
+        "Largest observed sequence length (prompt + generation)",
+        Figure.TOKENS_MAX,
+    ),
+    # no speculative decoding here: always 0, listed so that llama-server's dashboards work
+    ("spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated", None),
+    (
+        "spec_decode_num_accepted_tokens_total",
+        "Speculative: Total draft tokens accepted by the target model",
+        None,
+    ),
+    (
+        "spec_decode_num_drafts_total",
+        "Speculative: Total speculative decoding verification steps",
+        None,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What a scrape needs of one model, read on the event loop."""
+
+    model_id: str
+    status: str
+    figures: list[float]  # workers/engine_counters.py Figure order
+    window: list[float]  # their growth since the previous scrape
+    waiting: int  # requests in the router waiting for the model
+    memory: int | None
+
+
+class RouterMetrics:
+    """The router's counters and histograms; the scrape-time state comes from `views`."""
+
+    def __init__(self) -> None:
+        self.started = int(time.time())  # llama-server's Process-Start-Time-Unix
+        self.registry = CollectorRegistry(auto_describe=False)
+        model = ["model"]
+        registry = self.registry
+        self.loads = Counter("llamarouter_model_loads", "Models loaded", model, registry=registry)
+        self.load_failures = Counter(
+            "llamarouter_model_load_failures", "Loads that failed", model, registry=registry
+        )
+        self.evictions = Counter(
+            "llamarouter_model_evictions",
+            "Models stopped to make room for another",
+            model,
+            registry=registry,
+        )
+        self.worker_deaths = Counter(
+            "llamarouter_worker_deaths",
+            "Model workers that exited when nobody asked them to",
+            model,
+            registry=registry,
+        )
+        self.load_seconds = Histogram(
+            "llamarouter_model_load_seconds",
+            "Time from a load's start to its model being ready",
+            model,
+            buckets=_LONG,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "llamarouter_queue_wait_seconds",
+            "Time a request waited for its model (loading and queue included)",
+            model,
+            buckets=_LONG,
+            registry=registry,
+        )
+        self.first_token = Histogram(
+            "llamarouter_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first bytes",
+            model,
+            buckets=_LONG,
+            registry=registry,
+        )
+        self.inter_token = Histogram(
+            "llamarouter_inter_token_seconds",
+            "Time between a stream's events as the router sent them",
+            model,
+            buckets=_TOKENS,
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "llamarouter_overhead_seconds",
+            "Time the router itself added before a model's first byte (queue wait excluded)",
+            model,
+            buckets=_SHORT,
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "llamarouter_http_request_duration_seconds",
+            "HTTP requests by route and status class, until their last byte",
+            ["route", "status"],
+            buckets=_LONG,
+            registry=registry,
+        )
+        self.download_bytes = Counter(
+            "llamarouter_download_bytes", "Bytes of model files downloaded", registry=registry
+        )
+
+    def watch(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def page(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """The figures read at scrape time: every model's engine figures with a `model` label,
+    models by status, waiting requests, sessions, HTTP processes."""
+
+    def __init__(
+        self,
+        models: Callable[[], list[ModelView]],
+        sessions: Callable[[], tuple[int, int]],
+        http_processes: Callable[[], int],
+    ) -> None:
+        self._models = models
+        self._sessions = sessions
+        self._http_processes = http_processes
+
+    def collect(self) -> Iterator[Metric]:
+        views = self._models()
+        yield from engine_families(views, labelled=True)
+        by_status = GaugeMetricFamily("llamarouter_models", "Models by status", labels=["status"])
+        tally = Tally(view.status for view in views)
+        for status in ("unloaded", "loading", "loaded", "sleeping", "failed"):
+            by_status.add_metric([status], tally.get(status, 0))
+        yield by_status
+        waiting = GaugeMetricFamily(
+            "llamarouter_requests_waiting",
+            "Requests waiting in the router for their model to load or free a slot",
+            labels=["model"],
+        )
+        memory = GaugeMetricFamily(
+            "llamarouter_model_memory_bytes",
+            "Resident bytes of each model's worker",
+            labels=["model"],
+        )
+        for view in views:
+            waiting.add_metric([view.model_id], view.waiting)
+            if view.memory is not None:
+                memory.add_metric([view.model_id], view.memory)
+        yield waiting
+        yield memory
+        live, held = self._sessions()
+        yield GaugeMetricFamily("llamarouter_sessions", "Resumable sessions held", value=live)
+        yield GaugeMetricFamily(
+            "llamarouter_session_bytes", "Bytes written into the sessions held", value=held
+        )
+        yield GaugeMetricFamily(
+            "llamarouter_http_processes", "HTTP processes alive", value=self._http_processes()
+        )
+
+
+def engine_families(views: Iterable[ModelView], labelled: bool) -> Iterator[Metric]:
+    """llama-server's `llamacpp:*` families; one sample per model with a `model` label, or,
+    for `?model=X`, the one model's samples bare, as llama-server shows them."""
+    views = list(views)
+    labels = ["model"] if labelled else []
+
+    def values(view: ModelView) -> list[str]:
+        return [view.model_id] if labelled else []
+
+    for name, help_text, figure in _ENGINE_COUNTERS:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if figure is Figure.TOKENS_MAX:
+            family = GaugeMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
+        else:
+            family = CounterMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
+        for view in views:
+            family.add_metric(values(view), 0.0 if figure is None else view.figures[figure])
+        yield family
+    gauges = (
+        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", _prompt_rate),
+        ("predicted_tokens_seconds", "Average generation throughput in tokens/s", _predict_rate),
+        ("requests_processing", "Number of requests processing", _processing),
+        ("requests_deferred", "Number of requests deferred", _deferred),
+        ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call", _busy),
+    )
+    for name, help_text, reading in gauges:
+        gauge = GaugeMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
+        for view in views:
+            gauge.add_metric(values(view), reading(view))
+        yield gauge
+
+
+def _per(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else 0.0
+
+
+def _prompt_rate(view: ModelView) -> float:
+    return _per(view.window[Figure.PROMPT_TOKENS], view.window[Figure.PROMPT_SECONDS])
+
+
+def _predict_rate(view: ModelView) -> float:
+    return _per(view.window[Figure.PREDICTED_TOKENS], view.window[Figure.PREDICTED_SECONDS])
+
+
+def _processing(view: ModelView) -> float:
+    return view.figures[Figure.PROCESSING]
+
+
+def _deferred(view: ModelView) -> float:
+    # llama-server's: requests waiting for a slot; here also those waiting for the model itself
+    return view.figures[Figure.DEFERRED] + view.waiting
+
+
+def _busy(view: ModelView) -> float:
+    return _per(view.figures[Figure.BUSY_SLOTS], max(view.figures[Figure.DECODES], 1.0))
+
+
+def model_view(model: Model) -> ModelView:
+    worker = model.worker
+    figures = model.engine.read(worker.counters if worker is not None else None)
+    return ModelView(
+        model.id,
+        "failed" if model.failed and not model.status.running else model.status.public,
+        figures,
+        model.engine.window(figures),
+        model.wanted,
+        worker.resident_bytes() if worker is not None else None,
+    )
+
+
+class ModelPage(Collector):
+    """`/metrics?model=X`: that model's engine figures only, as llama-server's own page."""
+
+    def __init__(self, view: ModelView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        yield from engine_families([self._view], labelled=False)
+
+
+def one_model_page(view: ModelView) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ModelPage(view))
+    return generate_latest(registry)
+
+
+@dataclass(eq=False)
+class RequestClock:
+    """An inference request's times, for its `Server-Timing` header and the histograms. The
+    router's own cost is the time from its arrival to its send into the worker, less its wait
+    for the model, plus the time from the worker's first byte to the router's response head."""
+
+    metrics: RouterMetrics
+    model: str
+    arrived_ns: int
+    waited: float = 0.0
+    sent_ns: int = 0
+    _last_ns: int = 0
+
+    def sent(self, lease_waited: float) -> None:
+        self.waited, self.sent_ns = lease_waited, time.monotonic_ns()
+
+    def server_timing(self, first_byte_ns: int) -> tuple[bytes, bytes]:
+        """The response head is going out: the header that tells what the router added."""
+        now = time.monotonic_ns()
+        before = max(0, self.sent_ns - self.arrived_ns) / 1e9 - self.waited
+        after = max(0, now - first_byte_ns) / 1e9 if first_byte_ns else 0.0
+        cost = max(0.0, before) + after
+        self.metrics.overhead.labels(self.model).observe(cost)
+        timing = b"router;dur=%.3f, queue;dur=%.3f" % (cost * 1e3, self.waited * 1e3)
+        return b"server-timing", timing
+
+    def streaming(self) -> None:
+        """A stream's first bytes go out: its time to first token."""
+        now = time.monotonic_ns()
+        self.metrics.first_token.labels(self.model).observe((now - self.arrived_ns) / 1e9)
+        self._last_ns = 0  # the first bytes end the first token's wait, not a gap between tokens
+
+    def relayed(self, data: bytes) -> None:
+        """Stream bytes went out: the gap since the last ones, shared by the events they hold."""
+        now = time.monotonic_ns()
+        events = data.count(b"\n\n")
+        if self._last_ns and events:
+            gap = (now - self._last_ns) / 1e9 / events
+            between = self.metrics.inter_token.labels(self.model)
+            for _ in range(events):
+                between.observe(gap)
+        self._last_ns = now
