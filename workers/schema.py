@@ -46,6 +46,10 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     json_schema: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     cache_prompt: bool = True
+    # chat: true, with top_logprobs 0-20; completions: how many alternatives; llama-server: n_probs
+    logprobs: bool | int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    n_probs: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class ContentPart(msgspec.Struct):

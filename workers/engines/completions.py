@@ -10,9 +10,10 @@ from typing import Any
 
 import llama_cpp
 
+from workers.engines import logprobs
 from workers.engines.chat_templates import ChatFormatter
 from workers.engines.decoder import Decoder, slot_context
-from workers.engines.generation import Outcome, check_context, generate, grammar_for
+from workers.engines.generation import Outcome, check_context, generate, grammar_for, token_piece
 from workers.engines.prompts import completion_prompts, render_chat
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs, stop_list
@@ -32,6 +33,14 @@ class Run:
     prompt: list[int]
     outcome: Outcome
     pieces: Iterator[str]
+    probs_sent: int = 0  # how many of the outcome's token log-probabilities a chunk carried
+    text_sent: int = 0  # characters of the tokens whose log-probabilities were sent
+
+    def new_probs(self) -> list[logprobs.TokenProbs]:
+        """The log-probabilities of the tokens behind the piece about to be sent."""
+        probs = self.outcome.probs[self.probs_sent :]
+        self.probs_sent = len(self.outcome.probs)
+        return probs
 
 
 class Completions:
@@ -46,10 +55,13 @@ class Completions:
         self.decoder = decoder
         self.settings = settings
         self.formatter = formatter
+        vocab = llm._model.vocab
+        self.shapes = logprobs.Shapes(lambda token: token_piece(vocab, token))
 
-    def _params(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _params(self, request: dict[str, Any], chat: bool = False) -> dict[str, Any]:
         params = completion_kwargs(request, self.settings, self._bias_tokens)
         params["grammar"] = grammar_for(request, self.llm._model.vocab)
+        params["top_probs"] = logprobs.wanted(request, chat)
         return params
 
     def _bias_tokens(self, text: str) -> list[int]:
@@ -94,11 +106,15 @@ class Completions:
                 runs.append(Run(len(runs), choice, prompt, outcome, pieces))
         return runs
 
+    def _chat_probs(self, probs: list[logprobs.TokenProbs]) -> dict[str, Any]:
+        return {"content": self.shapes.content(probs)}
+
     # --- OpenAI chat ----------------------------------------------------------------------------
 
     def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_object(body)
-        params = self._params(request)
+        params = self._params(request, chat=True)
+        with_probs = params["top_probs"] is not None
         tokens, template_stops = self._chat_tokens(request)
         params["stop"] = [*params["stop"], *template_stops]
         runs = self._runs([tokens], request, params, cancelled)
@@ -108,7 +124,7 @@ class Completions:
                 {
                     "index": run.index,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": self._chat_probs(run.outcome.probs) if with_probs else None,
                     "finish_reason": run.outcome.finish_reason,
                 }
                 for run, text in _collected(runs)
@@ -125,9 +141,10 @@ class Completions:
                     {**head, "choices": [_delta(run, {"role": "assistant", "content": None})]}
                 )
                 for piece in run.pieces:
-                    yield sse(
-                        timed({**head, "choices": [_delta(run, {"content": piece})]}, run.outcome)
-                    )
+                    choice = _delta(run, {"content": piece})
+                    if with_probs:
+                        choice["logprobs"] = self._chat_probs(run.new_probs())
+                    yield sse(timed({**head, "choices": [choice]}, run.outcome))
                 if run.outcome.cancelled:
                     return
                 last = {**head, "choices": [_delta(run, {}, run.outcome.finish_reason)]}
@@ -144,14 +161,19 @@ class Completions:
     def completions(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_object(body)
         params = self._params(request)
+        with_probs = params["top_probs"] is not None
         runs = self._runs(self._prompts(request), request, params, cancelled)
         head = _head("cmpl", "text_completion", params["model"])
 
         def choice(run: Run, text: str, finish_reason: str | None) -> dict[str, Any]:
+            probs = None
+            if with_probs:
+                probs = self.shapes.legacy(run.new_probs(), run.text_sent)
+                run.text_sent += sum(len(token) for token in probs["tokens"])
             return {
                 "text": text,
                 "index": run.index,
-                "logprobs": None,
+                "logprobs": probs,
                 "finish_reason": finish_reason,
             }
 
@@ -187,6 +209,11 @@ class Completions:
         params = self._params(request)
         runs = self._runs(self._prompts(request), request, params, cancelled)
 
+        def probabilities(probs: list[logprobs.TokenProbs]) -> dict[str, Any]:
+            if params["top_probs"] is None:
+                return {}
+            return {"completion_probabilities": self.shapes.content(probs)}
+
         def final(run: Run, content: str) -> dict[str, Any]:
             outcome = run.outcome
             return {
@@ -207,7 +234,10 @@ class Completions:
             }
 
         if not request.get("stream"):
-            results = [final(run, text) for run, text in _collected(runs)]
+            results = [
+                {**final(run, text), **probabilities(run.outcome.probs)}
+                for run, text in _collected(runs)
+            ]
             if len(runs) == 1 and results:  # one completion answers alone, several as a list
                 return Response.json(200, results[0])
             return Response.json(200, results)
@@ -224,6 +254,7 @@ class Completions:
                         "id_slot": 0,
                         "tokens_predicted": run.outcome.completion_tokens,
                         "tokens_evaluated": run.outcome.prompt_tokens,
+                        **probabilities(run.new_probs()),
                     }
                     yield sse(timed(chunk, run.outcome))
                 if run.outcome.cancelled:

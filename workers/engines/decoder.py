@@ -29,6 +29,7 @@ import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores
 from workers.engine_counters import EngineCounters, Figure
+from workers.engines.logprobs import TokenProbs, token_probs
 from workers.errors import ApiError
 
 T = TypeVar("T")
@@ -75,10 +76,12 @@ class Sequence:
     cancelled: Callable[[], bool]
     ready: threading.Condition  # its reader waits here for tokens
     params: dict[str, Any] = field(default_factory=dict)  # as /slots shows them
+    top_probs: int | None = None  # with log-probabilities: how many alternatives per token
     fed: int = 0  # tokens of this sequence in the KV cache
     sampled: int = 0
     next_token: int | None = None  # sampled, decoded at the next step
     out: deque[int] = field(default_factory=deque)
+    out_probs: deque[TokenProbs] = field(default_factory=deque)  # beside `out`, if asked for
     done: bool = False  # no more tokens will come
     closing: bool = False  # its reader has gone
     error: str | None = None
@@ -107,6 +110,7 @@ class Decoder:
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
         self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
         self._n_ctx = slot_context(llm)  # the most tokens one sequence may hold
         self._n_cells = llm.n_ctx()
         self._shared = self._n_ctx == self._n_cells and slots > 1
@@ -144,6 +148,7 @@ class Decoder:
         cancelled: Callable[[], bool],
         reuse: bool = True,
         params: dict[str, Any] | None = None,
+        top_probs: int | None = None,
     ) -> Sequence:
         """A sequence for `prompt` in the free slot that has most of it cached."""
         with self._lock:
@@ -153,7 +158,7 @@ class Decoder:
             reused = min(reused, len(prompt) - 1)  # the last prompt token gives the logits
             ready = threading.Condition(self._lock)
             sequence = Sequence(
-                slot, prompt, reused, sampler, limit, cancelled, ready, params or {}
+                slot, prompt, reused, sampler, limit, cancelled, ready, params or {}, top_probs
             )
             sequence.started = time.perf_counter()
             slot.sequence = sequence
@@ -161,8 +166,9 @@ class Decoder:
             self._work.notify()
         return sequence
 
-    def tokens(self, sequence: Sequence) -> Iterator[int]:
-        """The sequence's tokens as they are sampled; ends when it is done or cancelled."""
+    def tokens(self, sequence: Sequence) -> Iterator[tuple[int, TokenProbs | None]]:
+        """The sequence's tokens as they are sampled, each with its log-probabilities if the
+        sequence asked for them; ends when it is done or cancelled."""
         while True:
             with self._lock:
                 while not sequence.out and not sequence.done:
@@ -177,7 +183,11 @@ class Decoder:
                     self._work.notify()  # room ahead: the decoder feeds it again
                 taken = list(sequence.out)
                 sequence.out.clear()
-            yield from taken
+                probs: list[TokenProbs | None] = [None] * len(taken)
+                if sequence.top_probs is not None:
+                    probs = list(sequence.out_probs)
+                    sequence.out_probs.clear()
+            yield from zip(taken, probs, strict=True)
 
     def close(self, sequence: Sequence) -> None:
         with self._lock:
@@ -478,16 +488,24 @@ class Decoder:
         self._count_decode()
         now = time.perf_counter()
         tokens_out = [
-            (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+            (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index), index)
             for sequence, index in sampled_at
+        ]
+        probs = [
+            token_probs(self._ctx, index, self._n_vocab, token, sequence.top_probs)
+            if sequence.top_probs is not None
+            else None
+            for sequence, token, index in tokens_out
         ]
         with self._lock:
             for sequence, tokens, _ in plan:
                 sequence.fed += len(tokens)
                 sequence.slot.cached.extend(tokens)
                 sequence.next_token = None
-            for sequence, token in tokens_out:
+            for (sequence, token, _), token_prob in zip(tokens_out, probs, strict=True):
                 self._sampled(sequence, token, now)
+                if token_prob is not None:
+                    sequence.out_probs.append(token_prob)
                 sequence.ready.notify()
 
     def _count_decode(self) -> None:

@@ -14,7 +14,7 @@ import ctypes
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
@@ -22,6 +22,7 @@ import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from workers.engines.decoder import PENALTY_LAST_N, Decoder, slot_context
+from workers.engines.logprobs import TokenProbs
 from workers.errors import ApiError, ContextExceeded
 
 # The request's settings /slots shows, under llama-server's names.
@@ -52,6 +53,8 @@ class Outcome:
     started: float = 0.0
     prompt_done: float = 0.0
     last_token: float = 0.0
+    # each generated token's log-probabilities, when the request asked for them
+    probs: list[TokenProbs] = field(default_factory=list)
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -179,10 +182,11 @@ def generate(
     reuse = params.get("cache_prompt", True)
     shown = {name: params[key] for key, name in SHOWN_PARAMS.items() if key in params}
     shown["n_predict"] = -1 if max_tokens is None else max_tokens
-    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse, shown)
+    top_probs = params.get("top_probs")
+    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse, shown, top_probs)
     outcome.started = sequence.started
     try:
-        for token in decoder.tokens(sequence):
+        for token, probs in decoder.tokens(sequence):
             if not outcome.prompt_done:
                 outcome.prompt_done = sequence.first_token
                 outcome.cached = sequence.reused
@@ -190,6 +194,8 @@ def generate(
                 outcome.finish_reason = "stop"
                 break
             outcome.completion_tokens += 1
+            if probs is not None:
+                outcome.probs.append(probs)
             previous = outcome.last_token or outcome.prompt_done
             outcome.last_token = time.perf_counter()
             decoder.counters.predicted(outcome.last_token - previous)
