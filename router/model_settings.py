@@ -29,6 +29,7 @@ LOAD_MODES = {  # --load-mode: (mmap, mlock)
     "mmap+mlock": (True, True),
 }
 SPLIT_MODES = frozenset({"none", "layer", "row"})
+REASONING_FORMATS = frozenset({"none", "deepseek", "deepseek-legacy", "auto"})
 ROPE_SCALINGS = frozenset({"none", "linear", "yarn"})
 YARN_FLAGS = {
     "yarn-orig-ctx": "yarn_orig_ctx",
@@ -90,6 +91,10 @@ def model_settings(
         embeddings=boolean("embeddings", False),
         pooling=flags.get("pooling"),
         chat_template=_chat_template(flags),
+        reasoning_format=choice("reasoning-format", REASONING_FORMATS, "auto"),
+        reasoning_budget=_reasoning_budget(integer("reasoning-budget", -1)),
+        reasoning_budget_message=flags.get("reasoning-budget-message", ""),
+        spm_infill=boolean("spm-infill", False),
         sampling=sampling,
         flash_attn=choice("flash-attn", FLASH_ATTN, "auto"),
         cache_type_k=choice("cache-type-k", frozenset(CACHE_TYPE_BYTES), "f16"),
@@ -118,6 +123,12 @@ def model_settings(
 
 def _yarn_value(name: str, value: str) -> int | float:
     return int(value) if name == "yarn_orig_ctx" else float(value)
+
+
+def _reasoning_budget(value: int) -> int:
+    if value < -1:
+        raise ValueError(f"--reasoning-budget: {value} is not -1 (no limit) or a token count")
+    return value
 
 
 def _chat_template(flags: dict[str, str]) -> str | None:

@@ -67,6 +67,10 @@ _INFERENCE = {
     "/embeddings": "OpenAI embeddings",
     "/tokenize": "text to token ids",
     "/detokenize": "token ids to text",
+    "/apply-template": "a chat rendered with the model's template, not generated",
+    "/infill": "fill in the middle of code with the model's FIM tokens (as /completion)",
+    "/v1/messages": "Anthropic Messages API",
+    "/v1/messages/count_tokens": "Anthropic token count of a messages request",
 }
 
 OPERATIONS: dict[tuple[str, str], Operation] = {

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from router.openapi import OPERATIONS, build_document
 from tests.server import RouterProcess
-from tests.tinymodels import write_tiny_llama
+from tests.tinymodels import FIM_TOKENS, write_tiny_llama
 from workers.schema import BODY_TYPES
 
 KEY = "fuzz-key"
@@ -29,7 +29,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 # The model events stream never ends by design, so no generated call could finish.
 ENDLESS = "/models/sse"
 # Which models a generated body names, per request type: one that serves it, one unknown.
-MODELS = {"EmbeddingRequest": ["embedder"], "AddModel": ["user/repo:Q4_K_M"]}
+MODELS = {
+    "EmbeddingRequest": ["embedder"],
+    "InfillRequest": ["coder"],
+    "AddModel": ["user/repo:Q4_K_M"],
+}
 TEXT_MODELS = ["tiny-a", "tiny-b"]
 UNKNOWN = "no-such-model"
 # `make test` runs a fixed, repeatable sample; `make fuzz` a long random one.
@@ -43,6 +47,7 @@ def fuzzed_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterPr
     models = root / "models"
     for seed, name in enumerate(["tiny-a", "tiny-b", "embedder"]):
         write_tiny_llama(models / f"{name}.gguf", seed=seed)
+    write_tiny_llama(models / "coder.gguf", seed=3, fim=tuple(FIM_TOKENS))
     preset = root / "presets.ini"
     preset.write_text(
         f"[embedder]\nmodel = {models / 'embedder.gguf'}\nembeddings = true\npooling = mean\n"
@@ -96,7 +101,7 @@ def test_openapi_lists_every_route_and_asks_for_the_key(fuzzed_router: RouterPro
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
     messages = document["components"]["schemas"]["ChatRequest"]["properties"]["messages"]
     assert messages["type"] == "array"
-    assert len(document["paths"]) == 23
+    assert len(document["paths"]) == 27
 
 
 def test_a_route_without_a_description_stops_the_build() -> None:

@@ -321,3 +321,26 @@ def test_an_unknown_response_format_is_a_400(server: RouterProcess) -> None:
     assert "response_format type must be one of" in reply.json()["error"]["message"]
     text = {**body, "response_format": {"type": "text"}}
     assert server.post("/v1/chat/completions", text).status_code == 200
+
+
+def test_a_stop_string_is_named_on_completion(server: RouterProcess) -> None:
+    """llama-server's stop_type "word" and stopping_word; "eos" and "limit" otherwise."""
+    body = {
+        "model": "tiny-a",
+        "prompt": "x",
+        "grammar": 'root ::= "abc" "STOP" "def"',
+        "stop": ["zzz", "STOP"],
+        "n_predict": 20,
+    }
+    stopped = server.post("/completion", body).json()
+    assert (stopped["content"], stopped["stop_type"], stopped["stopping_word"]) == (
+        "abc",
+        "word",
+        "STOP",
+    )
+    ended = server.post("/completion", {**body, "stop": []}).json()
+    assert (ended["content"], ended["stop_type"], ended["stopping_word"]) == (
+        "abcSTOPdef",
+        "eos",
+        "",
+    )

@@ -10,6 +10,15 @@ import numpy as np
 BYTE_TOKENS = 256
 VOCAB = 3 + BYTE_TOKENS
 EOS_TOKEN = 2
+# Fill-in-the-middle tokens as Qwen2.5-Coder names them, by llama.cpp's role for each.
+FIM_TOKENS = {
+    "pre": "<|fim_prefix|>",
+    "suf": "<|fim_suffix|>",
+    "mid": "<|fim_middle|>",
+    "pad": "<|fim_pad|>",
+    "rep": "<|repo_name|>",
+    "sep": "<|file_sep|>",
+}
 
 
 def write_tiny_llama(
@@ -23,12 +32,15 @@ def write_tiny_llama(
     pooling: int | None = None,
     shards: int = 1,
     pieces: tuple[str, ...] = (),
+    fim: tuple[str, ...] = (),
+    chat_template: str | None = None,
 ) -> Path:
     """A llama model with a byte vocabulary (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`).
 
     With `shards` > 1 it is written as `<stem>-00001-of-0000N.gguf` … and the first is returned.
     `pieces` are extra normal tokens after the bytes: `("▁",)` makes a space one token that
-    detokenizes back to a space, as in a real SentencePiece vocabulary.
+    detokenizes back to a space, as in a real SentencePiece vocabulary. `fim` names roles of
+    FIM_TOKENS to add after them as control tokens, with the GGUF keys llama.cpp reads them by.
     """
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,13 +61,18 @@ def write_tiny_llama(
         writer.add_pooling_type(gguf.PoolingType(pooling))
     writer.add_tokenizer_model("llama")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(BYTE_TOKENS)]
-    vocab = VOCAB + len(pieces)
-    writer.add_token_list([*tokens, *pieces])
+    controls = [FIM_TOKENS[role] for role in fim]
+    vocab = VOCAB + len(pieces) + len(controls)
+    writer.add_token_list([*tokens, *pieces, *controls])
     writer.add_token_scores([0.0] * vocab)
-    writer.add_token_types([2, 3, 3] + [6] * BYTE_TOKENS + [1] * len(pieces))
+    writer.add_token_types([2, 3, 3] + [6] * BYTE_TOKENS + [1] * len(pieces) + [3] * len(controls))
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(EOS_TOKEN)
     writer.add_unk_token_id(0)
+    for offset, role in enumerate(fim):
+        writer.add_uint32(f"tokenizer.ggml.fim_{role}_token_id", VOCAB + len(pieces) + offset)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     def tensor(name: str, *shape: int, scale: float = 0.02) -> None:
         values = rng.normal(0.0, scale, size=shape).astype(np.float32)

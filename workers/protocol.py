@@ -34,6 +34,13 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     embeddings: bool = False
     pooling: str | None = None
     chat_template: str | None = None
+    # llama-server's --reasoning-format (none: <think> stays in the content) and
+    # --reasoning-budget (thinking tokens at most, 0: none, -1: no limit) and the message
+    # written before the end of a thinking cut short
+    reasoning_format: str = "auto"
+    reasoning_budget: int = -1
+    reasoning_budget_message: str = ""
+    spm_infill: bool = False  # /infill puts the suffix before the prefix
     sampling: dict[str, Any] = {}
     # llama.cpp's model and context parameters, as llama-server's flags set them
     flash_attn: str = "auto"  # on | off | auto

@@ -65,6 +65,14 @@ class Message(msgspec.Struct):
 class ChatRequest(Sampling):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
+    # "auto", "none", "required", or {"type": "function", "function": {"name": …}}
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_format: Literal["none", "deepseek", "deepseek-legacy", "auto"] | None = None
+    # thinking tokens at most (-1: the server's --reasoning-budget), and what ends it early
+    reasoning_budget_tokens: Annotated[int, msgspec.Meta(ge=-1)] | None = None
+    thinking_budget_tokens: Annotated[int, msgspec.Meta(ge=-1)] | None = None
+    reasoning_budget_message: str | None = None
     add_generation_prompt: bool | None = None
     # true, "content" or "reasoning_content" continue the last message; anything else does not
     continue_final_message: bool | str | None = None
@@ -106,6 +114,97 @@ class DetokenizeRequest(msgspec.Struct):
     model: str | None = None
 
 
+class TemplateRequest(ChatRequest, kw_only=True):
+    """`/apply-template`: a chat request rendered, not generated; llama-server requires its
+    messages and hands `chat_template_kwargs` to the template."""
+
+    messages: list[Message]
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class InfillChunk(msgspec.Struct):
+    """A file of the context `/infill` puts before the code it fills in."""
+
+    text: str
+    filename: str = "tmp"
+
+
+class InfillRequest(Sampling, kw_only=True):
+    """llama-server's `/infill`: the code before and after the gap (texts, or token ids mixed
+    with texts), the start of the middle in `prompt`, and more files in `input_extra`; the
+    completion fields of `/completion` besides."""
+
+    input_prefix: str | list[int | str]
+    input_suffix: str | list[int | str]
+    prompt: str = ""
+    input_extra: list[InfillChunk] = []
+
+
+class ImageSource(msgspec.Struct):
+    type: str = ""
+    media_type: str = "image/jpeg"
+    data: str = ""
+    url: str = ""
+
+
+class ResultBlock(msgspec.Struct):
+    """A block of a `tool_result`'s content: text, or an image."""
+
+    type: str
+    text: str = ""
+    source: ImageSource | None = None
+
+
+class ContentBlock(msgspec.Struct, kw_only=True):
+    """One block of an Anthropic message, whatever its `type`: the fields of text, thinking,
+    image, tool_use and tool_result blocks. Blocks of other types are left out, as
+    llama-server leaves them."""
+
+    type: str
+    text: str = ""
+    thinking: str = ""
+    source: ImageSource | None = None
+    id: str = ""
+    name: str = ""
+    input: dict[str, Any] = {}
+    tool_use_id: str = ""
+    content: str | list[ResultBlock] | None = None
+
+
+class AnthropicMessage(msgspec.Struct):
+    role: str
+    content: str | list[ContentBlock] | None = None
+
+
+class AnthropicTool(msgspec.Struct):
+    name: str = ""
+    description: str = ""
+    input_schema: dict[str, Any] | None = None
+
+
+class ToolChoice(msgspec.Struct):
+    type: str
+    name: str | None = None
+
+
+class MessagesRequest(msgspec.Struct, kw_only=True):
+    """Anthropic's Messages API, with the fields llama-server reads (`/v1/messages` and its
+    `/count_tokens`); `max_tokens`, required by Anthropic, defaults to 4096 there."""
+
+    model: str | None = None
+    messages: list[AnthropicMessage]
+    system: str | list[ContentBlock] | None = None
+    max_tokens: int | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool = False
+    tools: list[AnthropicTool] | None = None
+    tool_choice: ToolChoice | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
 BODY_TYPES: dict[str, type] = {
     "/v1/chat/completions": ChatRequest,
     "/chat/completions": ChatRequest,
@@ -116,6 +215,10 @@ BODY_TYPES: dict[str, type] = {
     "/embeddings": EmbeddingRequest,
     "/tokenize": TokenizeRequest,
     "/detokenize": DetokenizeRequest,
+    "/apply-template": TemplateRequest,
+    "/infill": InfillRequest,
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": MessagesRequest,
 }
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}

@@ -18,7 +18,6 @@ KNOWN_GAPS: dict[str, str] = {
     "test_completion.py::test_n_probs_post_sampling": API,
     "test_chat_completion.py::test_chat_template": API,
     "test_chat_completion.py::test_verbose_debug": API,
-    "test_chat_completion.py::test_apply_chat_template": API,
     "test_chat_completion.py::test_logprobs": API,
     "test_chat_completion.py::test_return_progress[64-4-False]": API,
     "test_chat_completion.py::test_return_progress[64-2-True]": API,

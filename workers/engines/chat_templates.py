@@ -7,7 +7,6 @@ one), else chatml, which is llama-server's fallback too.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -16,8 +15,6 @@ import llama_cpp.llama_cpp as llama_lib
 from llama_cpp import llama_chat_format
 
 from workers.protocol import ModelSettings
-
-ChatFormatter = Callable[..., llama_chat_format.ChatFormatterResponse]
 
 FAMILY_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma"}
 FALLBACK_TEMPLATE = "chatml"
@@ -36,6 +33,7 @@ class BuiltinChatFormatter:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.template = name  # llama.cpp's built-ins know no tools
 
     def __call__(
         self, *, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **_: Any
@@ -65,6 +63,7 @@ class JinjaChatFormatter:
     built, so there is one of each."""
 
     def __init__(self, template: str, eos: str, bos: str) -> None:
+        self.template = template
         self._with_prompt, self._without_prompt = (
             llama_chat_format.Jinja2ChatFormatter(
                 template, eos_token=eos, bos_token=bos, add_generation_prompt=add
@@ -75,6 +74,9 @@ class JinjaChatFormatter:
     def __call__(self, *, add_generation_prompt: bool = True, **kwargs: Any) -> Any:
         formatter = self._with_prompt if add_generation_prompt else self._without_prompt
         return formatter(**kwargs)
+
+
+ChatFormatter = BuiltinChatFormatter | JinjaChatFormatter
 
 
 def chat_formatter(

@@ -11,13 +11,22 @@ from typing import Any
 import llama_cpp
 
 from workers.engines import logprobs
+from workers.engines.chat_output import THINK_END, THINK_START, ChatOutput, after_thinking
+from workers.engines.chat_shape import ChatShape, shape_chat
 from workers.engines.chat_templates import ChatFormatter
 from workers.engines.decoder import Decoder, slot_context
-from workers.engines.generation import Outcome, check_context, generate, grammar_for, token_piece
-from workers.engines.prompts import completion_prompts, render_chat
+from workers.engines.generation import (
+    Outcome,
+    ThinkingBudget,
+    check_context,
+    checked_grammar,
+    generate,
+    grammar_for,
+    token_piece,
+)
+from workers.engines.prompts import chat_prompt, completion_prompts
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs, stop_list
-from workers.errors import ApiError
 from workers.protocol import ModelSettings
 from workers.schema import decode_object
 
@@ -73,17 +82,20 @@ class Completions:
         return completion_prompts(request.get("prompt"), self.llm, has_projector)
 
     def _chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:
-        messages = [_flatten_content(message) for message in request.get("messages") or []]
-        try:
-            formatted = render_chat(self.formatter, messages, request)
-        except ApiError:
-            raise
-        except Exception as error:  # a template error is the request's fault
-            raise ApiError(400, f"cannot apply the chat template: {error}") from error
+        tokens, stops, _ = self._chat_prompt(request)
+        return tokens, stops
+
+    def _chat_prompt(self, request: dict[str, Any]) -> tuple[list[int], list[str], str]:
+        """The rendered chat's tokens, the template's stop strings, and its text."""
+        formatted = chat_prompt(self.formatter, request)
         tokens = self.llm.tokenize(
             formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
         )
-        return tokens, stop_list(formatted.stop)
+        return tokens, stop_list(formatted.stop), formatted.prompt
+
+    def shaped(self, request: dict[str, Any]) -> tuple[dict[str, Any], ChatShape, str | None]:
+        """The chat request as this model's template sees it (chat_shape.py)."""
+        return shape_chat(request, self.formatter.template, self.settings)
 
     def _runs(
         self,
@@ -111,24 +123,54 @@ class Completions:
 
     # --- OpenAI chat ----------------------------------------------------------------------------
 
+    def prepare_chat(
+        self, request: dict[str, Any], cancelled: CancelCheck
+    ) -> tuple[dict[str, Any], list[Run], ChatShape]:
+        """A chat request's generation arguments, its runs, and how their text is read."""
+        request, shape, tool_grammar = self.shaped(request)
+        params = self._params(request, chat=True)
+        tokens, template_stops, prompt = self._chat_prompt(request)
+        params["stop"] = [*params["stop"], *template_stops]
+        thinking = prompt.rstrip().endswith(THINK_START)
+        shape.thinking_open = shape.split_thinking and thinking
+        if tool_grammar is not None:
+            if thinking:  # the call comes once the thinking the prompt opened is closed
+                tool_grammar = after_thinking(tool_grammar)
+            params["grammar"] = checked_grammar(tool_grammar, self.llm._model.vocab)
+        # a request's own grammar might refuse the forced end of thinking; a tool call's allows it
+        if tool_grammar is not None or params["grammar"] is None:
+            params["thinking_budget"] = self._thinking_budget(request, thinking)
+        return params, self._runs([tokens], request, params, cancelled), shape
+
+    def _thinking_budget(self, request: dict[str, Any], thinking: bool) -> ThinkingBudget | None:
+        limit = request.get("reasoning_budget_tokens", request.get("thinking_budget_tokens"))
+        if limit is None or limit == -1:
+            limit = self.settings.reasoning_budget
+        if limit < 0:
+            return None
+        message = request.get("reasoning_budget_message")
+        if message is None:
+            message = self.settings.reasoning_budget_message
+        closing = self.llm.tokenize(f"{message}{THINK_END}".encode(), add_bos=False, special=True)
+        return ThinkingBudget(limit, closing, thinking)
+
     def chat(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_object(body)
-        params = self._params(request, chat=True)
+        params, runs, shape = self.prepare_chat(request, cancelled)
         with_probs = params["top_probs"] is not None
-        tokens, template_stops = self._chat_tokens(request)
-        params["stop"] = [*params["stop"], *template_stops]
-        runs = self._runs([tokens], request, params, cancelled)
         head = _head("chatcmpl", "chat.completion", params["model"])
         if not request.get("stream"):
-            choices = [
-                {
-                    "index": run.index,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": self._chat_probs(run.outcome.probs) if with_probs else None,
-                    "finish_reason": run.outcome.finish_reason,
-                }
-                for run, text in _collected(runs)
-            ]
+            choices = []
+            for run, text in _collected(runs):
+                output = shape.parse(text)
+                choices.append(
+                    {
+                        "index": run.index,
+                        "message": output.message(),
+                        "logprobs": self._chat_probs(run.outcome.probs) if with_probs else None,
+                        "finish_reason": _finish_reason(run, output),
+                    }
+                )
             return Response.json(200, {**head, "choices": choices, **_totals(runs)})
         head["object"] = "chat.completion.chunk"
         include_usage = _include_usage(request)
@@ -140,14 +182,19 @@ class Completions:
                 yield sse(
                     {**head, "choices": [_delta(run, {"role": "assistant", "content": None})]}
                 )
+                reader = shape.stream()
                 for piece in run.pieces:
-                    choice = _delta(run, {"content": piece})
-                    if with_probs:
-                        choice["logprobs"] = self._chat_probs(run.new_probs())
-                    yield sse(timed({**head, "choices": [choice]}, run.outcome))
+                    for delta in reader.feed(piece):
+                        choice = _delta(run, delta)
+                        if with_probs:
+                            choice["logprobs"] = self._chat_probs(run.new_probs())
+                        yield sse(timed({**head, "choices": [choice]}, run.outcome))
                 if run.outcome.cancelled:
                     return
-                last = {**head, "choices": [_delta(run, {}, run.outcome.finish_reason)]}
+                deltas, output = reader.finish()
+                for delta in deltas:
+                    yield sse({**head, "choices": [_delta(run, delta)]})
+                last = {**head, "choices": [_delta(run, {}, _finish_reason(run, output))]}
                 if include_usage:
                     yield sse(last)
                     last = {**head, "choices": [], "usage": run.outcome.usage()}
@@ -227,8 +274,8 @@ class Completions:
                 "tokens_evaluated": outcome.prompt_tokens,
                 "prompt": self.llm.detokenize(run.prompt, special=True).decode(errors="replace"),
                 "truncated": False,
-                "stop_type": "limit" if outcome.finish_reason == "length" else "eos",
-                "stopping_word": "",
+                "stop_type": _stop_type(outcome),
+                "stopping_word": outcome.stop_word,
                 "tokens_cached": outcome.prompt_tokens + outcome.completion_tokens,
                 "timings": outcome.timings(),
             }
@@ -262,6 +309,20 @@ class Completions:
                 yield sse(final(run, ""))  # llama-server ends this stream without [DONE]
 
         return Response.stream(events())
+
+
+def _stop_type(outcome: Outcome) -> str:
+    """llama-server's `stop_type` on /completion."""
+    if outcome.finish_reason == "length":
+        return "limit"
+    return "word" if outcome.stop_word else "eos"
+
+
+def _finish_reason(run: Run, output: ChatOutput) -> str:
+    """As llama-server: a call ends the turn with "tool_calls", unless the answer was cut."""
+    if output.tool_calls and run.outcome.finish_reason == "stop":
+        return "tool_calls"
+    return run.outcome.finish_reason
 
 
 def _collected(runs: list[Run]) -> Iterator[tuple[Run, str]]:
@@ -328,11 +389,3 @@ def _delta(run: Run, delta: dict[str, Any], finish_reason: str | None = None) ->
 
 def _include_usage(request: dict[str, Any]) -> bool:
     return bool((request.get("stream_options") or {}).get("include_usage"))
-
-
-def _flatten_content(message: Any) -> Any:
-    """OpenAI content parts become one string: the templates expect text."""
-    if isinstance(message, dict) and isinstance(message.get("content"), list):
-        texts = [part.get("text", "") for part in message["content"] if isinstance(part, dict)]
-        return {**message, "content": "".join(texts)}
-    return message

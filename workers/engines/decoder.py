@@ -82,6 +82,7 @@ class Sequence:
     next_token: int | None = None  # sampled, decoded at the next step
     out: deque[int] = field(default_factory=deque)
     out_probs: deque[TokenProbs] = field(default_factory=deque)  # beside `out`, if asked for
+    forced: deque[int] = field(default_factory=deque)  # to be taken instead of sampled
     done: bool = False  # no more tokens will come
     closing: bool = False  # its reader has gone
     error: str | None = None
@@ -106,7 +107,7 @@ class Decoder:
     ) -> None:
         self._llm = llm
         self.counters = counters
-        self._warm_up_first = warm_up
+        self._warming = warm_up  # until the first decode is done, nothing else may use the context
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
         self._vocab = llm._model.vocab
@@ -149,6 +150,7 @@ class Decoder:
         reuse: bool = True,
         params: dict[str, Any] | None = None,
         top_probs: int | None = None,
+        forced: list[int] | None = None,
     ) -> Sequence:
         """A sequence for `prompt` in the free slot that has most of it cached."""
         with self._lock:
@@ -161,6 +163,7 @@ class Decoder:
                 slot, prompt, reused, sampler, limit, cancelled, ready, params or {}, top_probs
             )
             sequence.started = time.perf_counter()
+            sequence.forced.extend(forced or [])
             slot.sequence = sequence
             self._admitted.append(sequence)
             self._work.notify()
@@ -189,6 +192,12 @@ class Decoder:
                     sequence.out_probs.clear()
             yield from zip(taken, probs, strict=True)
 
+    def force(self, sequence: Sequence, tokens: list[int]) -> None:
+        """The sequence's next tokens are these, not sampled (a thinking budget's end)."""
+        with self._lock:
+            sequence.forced.extend(tokens)
+            self._work.notify()
+
     def close(self, sequence: Sequence) -> None:
         with self._lock:
             sequence.closing = True
@@ -197,7 +206,7 @@ class Decoder:
     def exclusively(self, work: Callable[[], T]) -> T:
         """Run `work` (an embedding) alone on the context, which it leaves empty."""
         with self._lock:
-            while self._paused or self._admitted or self._active:
+            while self._warming or self._paused or self._admitted or self._active:
                 self._changed.wait()
             self._paused = True
         try:
@@ -351,7 +360,7 @@ class Decoder:
     # --- the decoder thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self._warm_up_first:
+        if self._warming:
             self._warm_up()
         while True:
             with self._lock:
@@ -379,6 +388,8 @@ class Decoder:
         with self._lock:
             llama_lib.llama_decode(self._ctx, llama_lib.llama_batch_get_one(array, len(tokens)))
             llama_lib.llama_memory_clear(self._memory, True)
+            self._warming = False
+            self._changed.notify_all()
 
     def _has_work(self) -> bool:
         if self._admitted or any(s.closing for s in self._active):
@@ -488,8 +499,7 @@ class Decoder:
         self._count_decode()
         now = time.perf_counter()
         tokens_out = [
-            (sequence, llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index), index)
-            for sequence, index in sampled_at
+            (sequence, self._next_token(sequence, index), index) for sequence, index in sampled_at
         ]
         probs = [
             token_probs(self._ctx, index, self._n_vocab, token, sequence.top_probs)
@@ -507,6 +517,13 @@ class Decoder:
                 if token_prob is not None:
                     sequence.out_probs.append(token_prob)
                 sequence.ready.notify()
+
+    def _next_token(self, sequence: Sequence, index: int) -> int:
+        if sequence.forced:
+            token = sequence.forced.popleft()
+            llama_lib.llama_sampler_accept(sequence.sampler, token)  # penalties and grammar see it
+            return token
+        return int(llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
 
     def _count_decode(self) -> None:
         counters = self.counters

@@ -21,6 +21,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+from workers.engines.chat_output import THINK_END, THINK_START
 from workers.engines.decoder import PENALTY_LAST_N, Decoder, slot_context
 from workers.engines.logprobs import TokenProbs
 from workers.errors import ApiError, ContextExceeded
@@ -49,6 +50,7 @@ class Outcome:
     finish_reason: str = "stop"
     cancelled: bool = False
     cached: int = 0  # prompt tokens a slot's KV cache already held
+    stop_word: str = ""  # the stop string that ended it, if one did
     # time.perf_counter() when the prompt's decode began, when it ended, at the last token
     started: float = 0.0
     prompt_done: float = 0.0
@@ -87,6 +89,46 @@ class Outcome:
         }
 
 
+@dataclass
+class ThinkingBudget:
+    """llama-server's --reasoning-budget: once the model has thought for `limit` tokens, the
+    budget message and the end of the thinking are written for it (0: at once)."""
+
+    limit: int
+    closing: list[int]  # the message's tokens, then `</think>`'s
+    thinking: bool  # the prompt opened the thinking
+    used: int = 0
+    seen: str = ""
+    done: bool = False
+
+    def at_start(self) -> list[int] | None:
+        if self.thinking and self.limit == 0:
+            self.done = True
+            return self.closing
+        return None
+
+    def after(self, piece: str) -> list[int] | None:
+        """The tokens to force after this piece of text, if its budget is spent now."""
+        if self.done:
+            return None
+        self.seen += piece
+        if not self.thinking:
+            lead = self.seen.lstrip()
+            if lead.startswith(THINK_START):
+                self.thinking = True
+            elif not THINK_START.startswith(lead):
+                self.done = True  # the answer began without thinking
+            return None
+        if THINK_END in self.seen:
+            self.done = True
+            return None
+        self.used += 1
+        if self.used > self.limit:
+            self.done = True
+            return self.closing
+        return None
+
+
 def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
     """llama-server's `grammar` / `json_schema`, or OpenAI's `response_format`."""
     try:
@@ -112,6 +154,11 @@ def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
     except Exception as error:  # the schema converter reports bad input with any exception
         raise ApiError(400, f"invalid grammar or schema: {error}") from error
     return None
+
+
+def checked_grammar(text: str, vocab: Any) -> LlamaGrammar:
+    """A GBNF grammar the router built, parsed by llama.cpp as a request's grammar is."""
+    return _parsed(LlamaGrammar.from_string(text, verbose=False), vocab)
 
 
 def _parsed(grammar: LlamaGrammar, vocab: Any) -> LlamaGrammar:
@@ -183,7 +230,11 @@ def generate(
     shown = {name: params[key] for key, name in SHOWN_PARAMS.items() if key in params}
     shown["n_predict"] = -1 if max_tokens is None else max_tokens
     top_probs = params.get("top_probs")
-    sequence = decoder.start(prompt_tokens, chain, max_tokens, cancelled, reuse, shown, top_probs)
+    budget: ThinkingBudget | None = params.get("thinking_budget")
+    forced = budget.at_start() if budget is not None else None
+    sequence = decoder.start(
+        prompt_tokens, chain, max_tokens, cancelled, reuse, shown, top_probs, forced
+    )
     outcome.started = sequence.started
     try:
         for token, probs in decoder.tokens(sequence):
@@ -199,9 +250,13 @@ def generate(
             previous = outcome.last_token or outcome.prompt_done
             outcome.last_token = time.perf_counter()
             decoder.counters.predicted(outcome.last_token - previous)
-            text = held + utf8.decode(token_piece(vocab, token))
-            cut = _first_stop(text, stops)
-            if cut is not None:
+            piece = utf8.decode(token_piece(vocab, token))
+            if budget is not None and (closing := budget.after(piece)):
+                decoder.force(sequence, closing)
+            text = held + piece
+            found = _first_stop(text, stops)
+            if found is not None:
+                cut, outcome.stop_word = found
                 if text[:cut]:
                     yield text[:cut]
                 outcome.finish_reason = "stop"
@@ -257,9 +312,10 @@ def token_piece(vocab: Any, token: int) -> bytes:
     return buffer.raw[:length]
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [index for stop in stops if (index := text.find(stop)) >= 0]
-    return min(positions) if positions else None
+def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Where the first stop string in `text` begins, and which it is."""
+    found = [(index, stop) for stop in stops if (index := text.find(stop)) >= 0]
+    return min(found) if found else None
 
 
 def _stop_prefix_length(text: str, stops: list[str]) -> int:

@@ -18,12 +18,12 @@ import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores, physical_cores
 from workers.engine_counters import EngineCounters
-from workers.engines import kept_slots
+from workers.engines import anthropic, infill, kept_slots
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
 from workers.engines.decoder import Decoder, slot_context
 from workers.engines.generation import SHOWN_PARAMS, checked_tokens
-from workers.engines.prompts import embedding_texts
+from workers.engines.prompts import chat_prompt, embedding_texts
 from workers.engines.response import Response
 from workers.engines.sampling import completion_kwargs
 from workers.errors import ApiError
@@ -33,6 +33,7 @@ from workers.schema import (
     EmbeddingRequest,
     TokenizeRequest,
     decode_body,
+    decode_object,
 )
 
 POOLING = {
@@ -382,6 +383,21 @@ class LlamaEngine:
         """llama-server's own `/completion`: `content`/`stop` objects instead of OpenAI choices."""
         return self.completions.native(body, cancelled)
 
+    def apply_template(self, body: bytes, cancelled: CancelCheck) -> Response:
+        """llama-server's `/apply-template`: the prompt the chat route would decode, ungenerated."""
+        request, _, _ = self.completions.shaped(decode_object(body))
+        formatted = chat_prompt(self.completions.formatter, request)
+        return Response.json(200, {"prompt": formatted.prompt})
+
+    def infill(self, body: bytes, cancelled: CancelCheck) -> Response:
+        return infill.infill(self.completions, body, cancelled)
+
+    def messages(self, body: bytes, cancelled: CancelCheck) -> Response:
+        return anthropic.messages(self.completions, body, cancelled)
+
+    def count_tokens(self, body: bytes, cancelled: CancelCheck) -> Response:
+        return anthropic.count_tokens(self.completions, body)
+
     def embeddings(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_body(body, EmbeddingRequest)
         if not self.settings.embeddings:
@@ -453,6 +469,10 @@ _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
     "/embeddings": LlamaEngine.embeddings,
     "/tokenize": LlamaEngine.tokenize,
     "/detokenize": LlamaEngine.detokenize,
+    "/apply-template": LlamaEngine.apply_template,
+    "/infill": LlamaEngine.infill,
+    "/v1/messages": LlamaEngine.messages,
+    "/v1/messages/count_tokens": LlamaEngine.count_tokens,
 }
 
 ROUTES = frozenset(_ROUTES)

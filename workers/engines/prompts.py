@@ -103,13 +103,25 @@ def render_chat(
     does: the messages before it with the generation prompt, then its content, left open."""
     continuing, add_generation_prompt = _continuation(messages, request)
     tools = request.get("tools")
+    extra = _template_kwargs(request)
     if not (continuing and messages):
         return formatter(
-            messages=messages, tools=tools, add_generation_prompt=add_generation_prompt
+            messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **extra
         )
-    formatted = formatter(messages=messages[:-1], tools=tools, add_generation_prompt=True)
+    formatted = formatter(messages=messages[:-1], tools=tools, add_generation_prompt=True, **extra)
     content = messages[-1].get("content") or ""
     return dataclasses.replace(formatted, prompt=formatted.prompt + content)
+
+
+def _template_kwargs(request: dict[str, Any]) -> dict[str, Any]:
+    """`chat_template_kwargs`: more variables for the template (`enable_thinking` and the like),
+    as llama-server hands them to it."""
+    extra = request.get("chat_template_kwargs") or {}
+    if not isinstance(extra, dict):
+        raise ApiError(400, '"chat_template_kwargs" must be an object')
+    if isinstance(extra.get("enable_thinking"), str):
+        raise ApiError(400, 'invalid type for "enable_thinking" (expected boolean, got string)')
+    return extra
 
 
 def _continuation(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple[bool, bool]:
@@ -131,3 +143,22 @@ def _continuation(messages: list[dict[str, Any]], request: dict[str, Any]) -> tu
     if continuing and last_is_assistant and messages[-1].get("tool_calls"):
         raise ApiError(400, "Cannot continue an assistant message that contains tool calls.")
     return continuing, add_generation_prompt
+
+
+def chat_prompt(formatter: ChatFormatter, request: dict[str, Any]) -> ChatFormatterResponse:
+    """A chat request's prompt as the chat route renders it: content parts joined into one
+    text (the templates expect text), and a template's own error is the request's fault."""
+    messages = [_text_content(message) for message in request.get("messages") or []]
+    try:
+        return render_chat(formatter, messages, request)
+    except ApiError:
+        raise
+    except Exception as error:
+        raise ApiError(400, f"cannot apply the chat template: {error}") from error
+
+
+def _text_content(message: Any) -> Any:
+    if isinstance(message, dict) and isinstance(message.get("content"), list):
+        texts = [part.get("text", "") for part in message["content"] if isinstance(part, dict)]
+        return {**message, "content": "".join(texts)}
+    return message
