@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bench import cores, downloads, measure, metrics, scheduling, slots, streams
+from bench import cores, downloads, features, measure, metrics, scheduling, slots, streams
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.bundled import BUNDLED_DIR, gemma_model
 from router.config import default_cache_dir
@@ -99,7 +99,7 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    every = ["core", "scheduling", "streams", "downloads", "cores", "slots", "metrics"]
+    every = ["core", "scheduling", "streams", "downloads", "cores", "slots", "metrics", "features"]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument(
         "--session-tokens", type=int, default=9000, help="about 4 MiB of events on tiny models"
     )
-    parser.add_argument("--runs", type=int, default=3, help="repeats of the cores and slots parts")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="repeats of the cores, slots and features parts"
+    )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
     args.parts = args.parts or every
@@ -192,6 +194,15 @@ def main() -> None:
         )
         print("\n/metrics and the web page:", json.dumps(observed, indent=2))
         results["metrics"] = observed
+    if "features" in args.parts:
+        target = router_target(models, work / "cache", ["-c", "4096", "--models-max", "2"])
+        target.start(work)
+        try:
+            costs = features.run(target.url, "gemma", args.tokens, args.runs)
+        finally:
+            target.stop()
+        print("\nchat features on the token path:", json.dumps(costs, indent=2))
+        results["features"] = costs
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -40,7 +40,7 @@ _SHORT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 _TOKENS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # llama-server's engine figures: name, help, and where each comes from
-_ENGINE_COUNTERS = (
+_ENGINE_COUNTERS: tuple[tuple[str, str, Figure | None], ...] = (
     (
         "prompt_tokens_total",
         "Number of prompt tokens processed, excluding cached tokens",
@@ -184,7 +184,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         views = self._models()
-        yield from engine_families(views, labelled=True)
+        yield from engine_families(views)
         by_status = GaugeMetricFamily("llamarouter_models", "Models by status", labels=["status"])
         tally = Tally(view.status for view in views)
         for status in ("unloaded", "loading", "loaded", "sleeping", "failed"):
@@ -216,36 +216,41 @@ class StateCollector(Collector):
         )
 
 
-def engine_families(views: Iterable[ModelView], labelled: bool) -> Iterator[Metric]:
-    """llama-server's `llamacpp:*` families; one sample per model with a `model` label, or,
-    for `?model=X`, the one model's samples bare, as llama-server shows them."""
-    views = list(views)
-    labels = ["model"] if labelled else []
+def engine_families(views: Iterable[ModelView]) -> Iterator[Metric]:
+    """llama-server's `llamacpp:*` families, one sample per model with a `model` label."""
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+    for view in views:
+        for name, help_text, kind, value in engine_figures(view):
+            family = families.get(name)
+            if family is None:
+                # llama-server's n_tokens_max is a counter without `_total`, which this format
+                # cannot hold: it is what it measures here, a gauge
+                counter = kind == "counter" and name.endswith("_total")
+                make = CounterMetricFamily if counter else GaugeMetricFamily
+                family = families[name] = make(f"llamacpp:{name}", help_text, labels=["model"])
+            family.add_metric([view.model_id], value)
+    yield from families.values()
 
-    def values(view: ModelView) -> list[str]:
-        return [view.model_id] if labelled else []
 
+def engine_figures(view: ModelView) -> Iterator[tuple[str, str, str, float]]:
+    """One model's figures as llama-server lists them: name, help, type and value."""
     for name, help_text, figure in _ENGINE_COUNTERS:
-        family: CounterMetricFamily | GaugeMetricFamily
-        if figure is Figure.TOKENS_MAX:
-            family = GaugeMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
-        else:
-            family = CounterMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
-        for view in views:
-            family.add_metric(values(view), 0.0 if figure is None else view.figures[figure])
-        yield family
-    gauges = (
-        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", _prompt_rate),
-        ("predicted_tokens_seconds", "Average generation throughput in tokens/s", _predict_rate),
-        ("requests_processing", "Number of requests processing", _processing),
-        ("requests_deferred", "Number of requests deferred", _deferred),
-        ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call", _busy),
-    )
-    for name, help_text, reading in gauges:
-        gauge = GaugeMetricFamily(f"llamacpp:{name}", help_text, labels=labels)
-        for view in views:
-            gauge.add_metric(values(view), reading(view))
-        yield gauge
+        yield name, help_text, "counter", 0.0 if figure is None else view.figures[figure]
+    for name, help_text, reading in _ENGINE_GAUGES:
+        yield name, help_text, "gauge", reading(view)
+
+
+def one_model_page(view: ModelView) -> bytes:
+    """`/metrics?model=X`: llama-server's own page for the model, line for line (written here,
+    since its n_tokens_max, a counter without `_total`, is not what prometheus_client writes)."""
+    lines = []
+    for name, help_text, kind, value in engine_figures(view):
+        lines += [
+            f"# HELP llamacpp:{name} {help_text}",
+            f"# TYPE llamacpp:{name} {kind}",
+            f"llamacpp:{name} {value:g}",
+        ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _per(numerator: float, denominator: float) -> float:
@@ -273,6 +278,15 @@ def _busy(view: ModelView) -> float:
     return _per(view.figures[Figure.BUSY_SLOTS], max(view.figures[Figure.DECODES], 1.0))
 
 
+_ENGINE_GAUGES = (
+    ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", _prompt_rate),
+    ("predicted_tokens_seconds", "Average generation throughput in tokens/s", _predict_rate),
+    ("requests_processing", "Number of requests processing", _processing),
+    ("requests_deferred", "Number of requests deferred", _deferred),
+    ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call", _busy),
+)
+
+
 def model_view(model: Model) -> ModelView:
     worker = model.worker
     figures = model.engine.read(worker.counters if worker is not None else None)
@@ -284,22 +298,6 @@ def model_view(model: Model) -> ModelView:
         model.wanted,
         worker.resident_bytes() if worker is not None else None,
     )
-
-
-class ModelPage(Collector):
-    """`/metrics?model=X`: that model's engine figures only, as llama-server's own page."""
-
-    def __init__(self, view: ModelView) -> None:
-        self._view = view
-
-    def collect(self) -> Iterator[Metric]:
-        yield from engine_families([self._view], labelled=False)
-
-
-def one_model_page(view: ModelView) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ModelPage(view))
-    return generate_latest(registry)
 
 
 @dataclass(eq=False)

@@ -67,6 +67,8 @@ _INFERENCE = {
     "/embeddings": "OpenAI embeddings",
     "/tokenize": "text to token ids",
     "/detokenize": "token ids to text",
+    "/chat/completions/input_tokens": "how many prompt tokens a chat request makes",
+    "/v1/chat/completions/input_tokens": "how many prompt tokens a chat request makes",
     "/apply-template": "a chat rendered with the model's template, not generated",
     "/infill": "fill in the middle of code with the model's FIM tokens (as /completion)",
     "/v1/messages": "Anthropic Messages API",

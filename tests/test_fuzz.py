@@ -101,7 +101,7 @@ def test_openapi_lists_every_route_and_asks_for_the_key(fuzzed_router: RouterPro
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
     messages = document["components"]["schemas"]["ChatRequest"]["properties"]["messages"]
     assert messages["type"] == "array"
-    assert len(document["paths"]) == 27
+    assert len(document["paths"]) == 29
 
 
 def test_a_route_without_a_description_stops_the_build() -> None:

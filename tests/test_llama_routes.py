@@ -127,8 +127,10 @@ def post_ok(server: RouterProcess, path: str, body: dict[str, Any]) -> Any:
     return reply.json()
 
 
-def tokens(server: RouterProcess, model: str, text: str, special: bool = False) -> list[int]:
-    body = {"model": model, "content": text, "parse_special": special}
+def tokens(
+    server: RouterProcess, model: str, text: str, special: bool = False, bos: bool = False
+) -> list[int]:
+    body = {"model": model, "content": text, "parse_special": special, "add_special": bos}
     return list(post_ok(server, "/tokenize", body)["tokens"])
 
 
@@ -176,7 +178,7 @@ def test_apply_template_hands_tools_and_kwargs_to_the_template(server: RouterPro
     assert prompt.startswith(f"<|im_start|>system\nget_weather: The weather of a city {schema}\n")
     assert prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert chat_prompt_tokens(server, "tools", **chat) == len(
-        tokens(server, "tools", prompt, special=True)
+        tokens(server, "tools", prompt, special=True, bos=True)
     )  # a template of the model's own writes the BOS itself, if it wants one
 
     thinking = {**body, "chat_template_kwargs": {"enable_thinking": False}}
@@ -412,7 +414,7 @@ def test_a_tool_history_renders_as_its_openai_form(server: RouterProcess) -> Non
     counted = post_ok(server, "/v1/messages/count_tokens", anthropic_body)["input_tokens"]
     openai_body = {"model": "tools", "messages": OPENAI_HISTORY, "tools": [OPENAI_TOOL]}
     prompt = post_ok(server, "/apply-template", openai_body)["prompt"]
-    assert counted == len(tokens(server, "tools", prompt, special=True))
+    assert counted == len(tokens(server, "tools", prompt, special=True, bos=True))
     assert "get_weather: The weather of a city" in prompt
     assert '<tool_call>t1 get_weather {"city":"Paris","z":1}</tool_call>Let me look.' in prompt
     assert "<|im_start|>user\nAnd tomorrow?<|im_end|>\n<|im_start|>tool\n[t1] sunny" in prompt

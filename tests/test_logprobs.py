@@ -89,13 +89,17 @@ def test_n_probs_on_completion_are_the_models_own_log_probabilities(
 
     streamed = server.post("/completion", {**body, "stream": True})
     chunks = [
-        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")
+        json.loads(line[6:])
+        for line in streamed.content.decode().splitlines()
+        if line.startswith("data: ")
     ]
     pieces = [entry for chunk in chunks for entry in chunk.get("completion_probabilities", [])]
     assert [entry["id"] for entry in pieces] == [
         entry["id"] for entry in server.post("/completion", body).json()["completion_probabilities"]
     ]
     assert "completion_probabilities" not in chunks[-1]  # the final chunk, as llama-server
+    # and as there, a chunk for every token, even one whose text is not complete yet
+    assert all(len(chunk["completion_probabilities"]) == 1 for chunk in chunks[:-1])
 
 
 def test_chat_logprobs_in_openais_shape_streamed_and_not(router, models_dir: Path) -> None:
@@ -113,12 +117,16 @@ def test_chat_logprobs_in_openais_shape_streamed_and_not(router, models_dir: Pat
     assert len(content) == 10
     joined = b"".join(bytes(entry["bytes"]) for entry in content)
     assert joined.decode(errors="replace") == whole["message"]["content"]
+    # each token's text is what it added to the answer, so the texts join into it
+    assert "".join(entry["token"] for entry in content) == whole["message"]["content"]
     assert all(len(entry["top_logprobs"]) == 2 for entry in content)
     assert all(entry["logprob"] <= 0 for entry in content)
 
     streamed = server.post("/v1/chat/completions", {**body, "stream": True})
     chunks = [
-        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")
+        json.loads(line[6:])
+        for line in streamed.content.decode().splitlines()
+        if line.startswith("data: {")
     ]
     pieces = [
         entry
@@ -151,7 +159,7 @@ def test_completions_logprobs_n_in_openais_legacy_shape(router, models_dir: Path
     streamed = server.post("/v1/completions", {**body, "stream": True})
     offsets = [
         offset
-        for line in streamed.text.splitlines()
+        for line in streamed.content.decode().splitlines()
         if line.startswith("data: {")
         for choice in json.loads(line[6:])["choices"]
         if choice["logprobs"]

@@ -98,6 +98,8 @@ def test_engine_figures_add_up_what_the_responses_reported(router, models_dir: P
         == expected["llamacpp:tokens_predicted_total"]
     )
     assert not any(name.startswith("llamarouter_") for name, _ in alone)
+    text = server.get("/metrics", params={"model": "tiny-a"}).text
+    assert "# TYPE llamacpp:n_tokens_max counter\nllamacpp:n_tokens_max " in text  # as there
 
 
 def test_counters_outlive_the_worker_and_count_evictions_and_deaths(
@@ -188,3 +190,19 @@ def test_downloaded_bytes_are_counted(router, hub, models_dir: Path) -> None:
         assert time.monotonic() < deadline, "the download's bytes were never counted"
         time.sleep(0.05)
     assert value(scrape(server), "llamarouter_download_bytes_total") == size
+
+
+def test_an_embeddings_prompt_is_counted_as_llama_server_counts_it(
+    router, models_dir: Path, tmp_path: Path
+) -> None:
+    preset = tmp_path / "p.ini"
+    preset.write_text(
+        f"[embedder]\nmodel = {models_dir / 'tiny-c.gguf'}\nembeddings = true\npooling = mean\n"
+    )
+    server = router("--models-dir", str(models_dir), "--models-preset", str(preset), "--metrics")
+    answer = server.post("/v1/embeddings", {"model": "embedder", "input": ["hello", "world"]})
+    prompt_tokens = answer.json()["usage"]["prompt_tokens"]
+    samples = scrape(server)
+    assert value(samples, "llamacpp:prompt_tokens_total", model="embedder") == prompt_tokens
+    assert value(samples, "llamacpp:n_decode_total", model="embedder") > 0
+    assert value(samples, "llamacpp:tokens_predicted_total", model="embedder") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,9 @@ def test_a_stream_splits_thinking_and_holds_calls_back_whatever_its_pieces(size:
     calls = [d["tool_calls"] for d in deltas if "tool_calls" in d]
     assert reasoning == "weighing it"
     assert content == "Let me look."
-    assert len(calls) == 1 and calls[0][0]["function"]["name"] == "get_weather"
+    assert [call[0]["function"].get("name") for call in calls] == ["get_weather", None]
+    assert calls[0][0]["function"]["arguments"] == ""  # OpenAI's order: the name, then these
+    assert json.loads(calls[1][0]["function"]["arguments"]) == {"city": "Paris"}
     assert not any("<" in d.get("content", "") for d in deltas)
     whole = parse_chat(text, True, False, True, ToolSyntax.HERMES)
     assert (whole.reasoning, whole.content) == (reasoning, content)
@@ -240,6 +243,10 @@ def test_a_forced_call_on_a_template_that_knows_no_tools(router, models_dir: Pat
     assert chat(server, follow_up)["choices"][0]["finish_reason"] in ("stop", "length")
     bad = server.post("/v1/chat/completions", {**body, "tool_choice": {"function": {"name": "x"}}})
     assert bad.status_code == 400
+    unusable = {"type": "object", "properties": {"a": {"$ref": 5}}}
+    odd = {**WEATHER["function"], "parameters": unusable}
+    bad = server.post("/v1/chat/completions", {**body, "tools": [{"function": odd}]})
+    assert bad.status_code == 400, bad.text
 
 
 def test_hermes_calls_from_the_models_own_template(
@@ -273,7 +280,7 @@ def test_hermes_calls_from_the_models_own_template(
     assert "tool_calls" not in answer["message"]
 
 
-def test_gemma_makes_a_call_that_fits_the_schema(router) -> None:
+def test_gemma_makes_a_call_that_fits_the_schema_and_its_thinking_is_split(router) -> None:
     server = router()
     body = {
         "model": "gemma-3-270m-q4_k_m",
@@ -285,6 +292,14 @@ def test_gemma_makes_a_call_that_fits_the_schema(router) -> None:
     }
     (call,) = chat(server, body)["choices"][0]["message"]["tool_calls"]
     check_call(call, {"get_weather"})
+    thought = {
+        "model": "gemma-3-270m-q4_k_m",
+        "messages": [{"role": "user", "content": "Is the sky blue?"}],
+        "grammar": 'root ::= "<think>" [a-z ]{3,30} "</think>" [a-z ]{3,30}',
+        "max_tokens": 80,
+    }
+    message = chat(server, thought)["choices"][0]["message"]
+    assert message["reasoning_content"] and message["content"]
 
 
 def test_thinking_is_split_off_as_llama_server_does(
@@ -405,3 +420,75 @@ def test_a_jinja_template_gets_llama_cpps_extensions(
         "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "boom"}]}
     )
     assert refused.status_code == 400 and "no boom here" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "the template ran for more than 3 s",
+        ),
+        ("{{ messages.__class__.__mro__ }}", "unsafe"),
+        ("{{ cycler.__init__.__globals__ }}", "unsafe"),
+    ],
+    ids=["loops", "reaches for a class", "reaches for globals"],
+)
+def test_a_hostile_template_gets_a_400_and_the_worker_lives(
+    router, models_dir: Path, tmp_path: Path, template: str, message: str
+) -> None:
+    path = tmp_path / "hostile.jinja"
+    path.write_text(template)
+    server = router("--models-dir", str(models_dir), "--chat-template-file", str(path))
+    body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    started = time.monotonic()
+    refused = server.post("/v1/chat/completions", body)
+    assert refused.status_code == 400 and message in refused.json()["error"]["message"]
+    assert time.monotonic() - started < 10
+    pid = server.model("tiny-a")["pid"]
+    refused = server.post("/apply-template", body)
+    assert refused.status_code == 400
+    assert server.model("tiny-a")["pid"] == pid
+
+
+def test_a_chats_input_tokens_are_counted_as_the_chat_decodes_them(
+    router, models_dir: Path
+) -> None:
+    server = router("--models-dir", str(models_dir))
+    body = {
+        "model": "tiny-a",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [WEATHER],
+        "max_tokens": 1,
+    }
+    counted = server.post("/v1/chat/completions/input_tokens", body).json()["input_tokens"]
+    assert counted == chat(server, body)["usage"]["prompt_tokens"]
+    assert server.post("/chat/completions/input_tokens", body).json() == {"input_tokens": counted}
+
+
+def test_an_image_for_a_model_without_a_projector_gets_llama_servers_500(
+    router, models_dir: Path
+) -> None:
+    server = router("--models-dir", str(models_dir))
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+    content = [{"type": "text", "text": "What is this?"}, picture]
+    body = {"model": "tiny-a", "messages": [{"role": "user", "content": content}]}
+    refused = server.post("/v1/chat/completions", body)
+    assert refused.status_code == 500
+    assert "image input is not supported" in refused.json()["error"]["message"]
+    source = {"type": "base64", "media_type": "image/png", "data": "AA"}
+    anthropic_picture = {"type": "image", "source": source}
+    anthropic: dict[str, Any] = {
+        "model": "tiny-a",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": [anthropic_picture]}],
+    }
+    assert server.post("/v1/messages", anthropic).status_code == 500
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": [anthropic_picture]}
+    call = {"type": "tool_use", "id": "t1", "name": "read", "input": {}}
+    anthropic["messages"] = [
+        {"role": "user", "content": "Read it."},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]
+    assert server.post("/v1/messages", anthropic).status_code == 500

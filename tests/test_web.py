@@ -394,3 +394,30 @@ def test_event_and_metrics_parsers_in_the_browser(
         "llamacpp:requests_processing": {"a": 1, 'b,c}"d': 5},
         "llamacpp:tokens_predicted_total": {"a": 1500},
     }
+
+
+def test_thinking_shows_apart_from_the_answer(
+    router, models_dir: Path, browser: WebDriver
+) -> None:
+    server = router("--models-dir", str(models_dir))
+    browser.get(server.url + "/")
+    wait_until(browser, "return document.querySelector('#connection').dataset.state === 'live'")
+    Select(browser.find_element(By.ID, "chat-model")).select_by_value("tiny-a")
+    browser.find_element(By.CSS_SELECTOR, ".options summary").click()
+    grammar = 'root ::= "<think>" [a-z]{3,8} "</think>" [a-z]{3,8}'
+    browser.find_element(By.ID, "extra-json").send_keys(json.dumps({"grammar": grammar}))
+    browser.find_element(By.ID, "prompt").send_keys("Think first.")
+    browser.find_element(By.ID, "send").click()
+    wait_until(  # a tiny model's answer may be over before a look at it streaming
+        browser,
+        "return document.querySelector('#chat').dataset.state === 'idle'"
+        " && document.querySelector('.message.assistant .content').textContent !== ''",
+    )
+    answer = browser.find_element(By.CSS_SELECTOR, ".message.assistant")
+    thought = answer.find_element(By.CSS_SELECTOR, ".reasoning .thought")
+    assert thought.get_attribute("textContent").isalpha()
+    content = answer.find_element(By.CSS_SELECTOR, ".content").text
+    assert content.isalpha() and "think" not in content
+    answer.find_element(By.CSS_SELECTOR, ".reasoning summary").click()
+    shot(browser, "chat-thinking")
+    assert page_errors(browser) == []

@@ -215,6 +215,8 @@ BODY_TYPES: dict[str, type] = {
     "/embeddings": EmbeddingRequest,
     "/tokenize": TokenizeRequest,
     "/detokenize": DetokenizeRequest,
+    "/chat/completions/input_tokens": ChatRequest,
+    "/v1/chat/completions/input_tokens": ChatRequest,
     "/apply-template": TemplateRequest,
     "/infill": InfillRequest,
     "/v1/messages": MessagesRequest,

@@ -411,7 +411,10 @@ function messageElement(message) {
     className: 'message assistant',
     dataset: { convId: message.convId ?? '' },
   });
+  const thinking = el('details', { className: 'reasoning', hidden: true });
+  thinking.append(el('summary', { textContent: 'Thinking' }), el('div', { className: 'thought' }));
   article.append(
+    thinking,
     el('div', { className: 'content' }),
     el('div', { className: 'error', hidden: true }),
     el('div', { className: 'meta' }),
@@ -422,6 +425,8 @@ function messageElement(message) {
 
 function paintAnswer(article, message) {
   article.querySelector('.content').innerHTML = markdown(message.content); // sanitized above
+  article.querySelector('.reasoning').hidden = !message.reasoning;
+  article.querySelector('.thought').textContent = message.reasoning ?? '';
   const error = article.querySelector('.error');
   error.textContent = message.error ?? '';
   error.hidden = !message.error;
@@ -472,9 +477,10 @@ function onAnswerEvent(event) {
       console.warn('not JSON', event.data);
     }
     if (chunk?.error) answer.error = chunk.error.message ?? JSON.stringify(chunk.error);
-    const delta = chunk?.choices?.[0]?.delta?.content;
-    if (delta) {
-      answer.content += delta;
+    const { content: delta, reasoning_content: thought } = chunk?.choices?.[0]?.delta ?? {};
+    if (thought) answer.reasoning = (answer.reasoning ?? '') + thought;
+    if (delta) answer.content += delta;
+    if (delta || thought) {
       live.chunks += 1;
       live.firstAt ??= performance.now();
       const seconds = (performance.now() - live.firstAt) / 1000;

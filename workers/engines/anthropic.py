@@ -359,5 +359,5 @@ def messages(completions: Completions, body: bytes, cancelled: CancelCheck) -> R
 def count_tokens(completions: Completions, body: bytes) -> Response:
     """`POST /v1/messages/count_tokens`: the prompt's length as the chat route counts it."""
     chat, _, _ = completions.shaped(chat_request(decode_body(body, MessagesRequest)))
-    tokens, _ = completions._chat_tokens(chat)
+    tokens, _ = completions.chat_tokens(chat)
     return Response.json(200, {"input_tokens": len(tokens)})

@@ -263,7 +263,10 @@ def after_thinking(grammar: str) -> str:
 
 def _rule(schema: dict[str, Any], name: str) -> str:
     """The grammar of a JSON schema, its top rule named `name`."""
-    grammar = json_schema_to_gbnf(json.dumps(schema))
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as error:  # the converter reports a schema it cannot use in any way
+        raise ApiError(400, f"invalid tool parameters schema: {error}") from error
     if name == "root":
         return grammar
     return re.sub(r"^root ::=", f"{name} ::=", grammar, flags=re.M)
@@ -289,18 +292,34 @@ class ChatStream:
         self._syntax = syntax
         self._text = ""
         self._sent = {"reasoning_content": "", "content": ""}
+        # No tools, and the answer began without thinking: the rest is sent as it comes,
+        # without looking at the whole text again for every piece.
+        self._plain: list[str] | None = None
 
     def feed(self, piece: str) -> list[dict[str, Any]]:
+        if self._plain is not None:
+            self._plain.append(piece)
+            return [{"content": piece}] if piece else []
         self._text += piece
         reasoning, content = self._visible()
-        return self._deltas(reasoning, content)
+        deltas = self._deltas(reasoning, content)
+        if not self._tools and not self._sent["reasoning_content"] and self._sent["content"]:
+            self._plain = [self._text]
+        return deltas
 
     def finish(self) -> tuple[list[dict[str, Any]], ChatOutput]:
+        if self._plain is not None:
+            self._text = self._sent["content"] = "".join(self._plain)
         output = parse_chat(self._text, self._split, self._open, self._tools, self._syntax)
         deltas = self._deltas(output.reasoning, output.content)
-        calls = [call.openai(index) for index, call in enumerate(output.tool_calls)]
-        if calls:
-            deltas.append({"tool_calls": calls})
+        for index, call in enumerate(output.tool_calls):
+            # as OpenAI streams a call: its name and id first, with empty arguments, so that a
+            # client that keeps the first delta and appends the rest gets each byte once
+            opening = call.openai(index)
+            opening["function"] = {**opening["function"], "arguments": ""}
+            deltas.append({"tool_calls": [opening]})
+            arguments = {"index": index, "function": {"arguments": call.arguments}}
+            deltas.append({"tool_calls": [arguments]})
         return deltas, output
 
     def _deltas(self, reasoning: str, content: str) -> list[dict[str, Any]]:

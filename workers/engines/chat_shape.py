@@ -52,7 +52,7 @@ def shape_chat(
     """The request as the template should see it, how its answer is read, and the grammar
     of a forced tool call (None when the model may answer in text)."""
     choice = request.get("tool_choice")
-    tools = [] if choice == "none" else list(request.get("tools") or [])
+    tools = [] if choice == "none" else [_tool(tool) for tool in request.get("tools") or []]
     syntax = tool_syntax(template)
     parallel = request.get("parallel_tool_calls") is True
     knows_tools = syntax is not ToolSyntax.GENERIC or "tools" in template
@@ -68,6 +68,21 @@ def shape_chat(
     shaped = {**request, "messages": messages, "tools": tools or None}
     reasoning_format = request.get("reasoning_format") or settings.reasoning_format
     return shaped, ChatShape(bool(tools), syntax, reasoning_format != "none"), grammar
+
+
+def _tool(tool: Any) -> dict[str, Any]:
+    """A tool as llama-server hands it to the template: its name, description and parameters
+    only, in that order, empty where the request has none."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    function = function if isinstance(function, dict) else {}
+    return {
+        "type": "function",
+        "function": {
+            "name": function.get("name") or "",
+            "description": function.get("description") or "",
+            "parameters": function.get("parameters") or {},
+        },
+    }
 
 
 def _history(messages: list[Any], knows_tools: bool, object_arguments: bool) -> list[Any]:

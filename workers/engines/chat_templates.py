@@ -7,7 +7,12 @@ one), else chatml, which is llama-server's fallback too.
 from __future__ import annotations
 
 import ctypes
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
+from types import FrameType
 from typing import Any
 
 import llama_cpp
@@ -16,6 +21,8 @@ from llama_cpp import llama_chat_format
 
 from workers.protocol import ModelSettings
 
+# A chat template renders in milliseconds; one that takes this long is looping.
+RENDER_SECONDS = 3.0
 FAMILY_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma"}
 FALLBACK_TEMPLATE = "chatml"
 
@@ -73,7 +80,36 @@ class JinjaChatFormatter:
 
     def __call__(self, *, add_generation_prompt: bool = True, **kwargs: Any) -> Any:
         formatter = self._with_prompt if add_generation_prompt else self._without_prompt
-        return formatter(**kwargs)
+        with render_deadline(RENDER_SECONDS):
+            return formatter(**kwargs)
+
+
+class TemplateTimeout(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the template ran for more than {seconds:g} s")
+
+
+@contextmanager
+def render_deadline(seconds: float) -> Iterator[None]:
+    """Stop a template that runs too long. jinja2's sandbox keeps a template from reaching
+    what it should not, but not from looping: a model's template may come from any GGUF. The
+    template is compiled Python, so a trace function on this thread can end it."""
+    deadline = time.monotonic() + seconds
+    steps = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps % 1000 == 0 and time.monotonic() > deadline:
+            raise TemplateTimeout(seconds)
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 ChatFormatter = BuiltinChatFormatter | JinjaChatFormatter

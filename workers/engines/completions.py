@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
 
 from workers.engines import logprobs
 from workers.engines.chat_output import THINK_END, THINK_START, ChatOutput, after_thinking
@@ -20,6 +21,7 @@ from workers.engines.generation import (
     ThinkingBudget,
     check_context,
     checked_grammar,
+    detokenize,
     generate,
     grammar_for,
     token_piece,
@@ -27,6 +29,7 @@ from workers.engines.generation import (
 from workers.engines.prompts import chat_prompt, completion_prompts
 from workers.engines.response import SSE_DONE, Response, sse
 from workers.engines.sampling import completion_kwargs, stop_list
+from workers.errors import ApiError
 from workers.protocol import ModelSettings
 from workers.schema import decode_object
 
@@ -81,20 +84,34 @@ class Completions:
         has_projector = self.settings.mmproj is not None
         return completion_prompts(request.get("prompt"), self.llm, has_projector)
 
-    def _chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:
-        tokens, stops, _ = self._chat_prompt(request)
+    def chat_tokens(self, request: dict[str, Any]) -> tuple[list[int], list[str]]:
+        tokens, stops, _ = self.render(request)
         return tokens, stops
 
-    def _chat_prompt(self, request: dict[str, Any]) -> tuple[list[int], list[str], str]:
-        """The rendered chat's tokens, the template's stop strings, and its text."""
+    def render(self, request: dict[str, Any]) -> tuple[list[int], list[str], str]:
+        """The rendered chat's tokens, the template's stop strings, and its text. As
+        llama-server: where the vocabulary adds a BOS, one the template wrote is cut from the
+        text and the tokens get the vocabulary's; where it adds none, none is added."""
         formatted = chat_prompt(self.formatter, request)
-        tokens = self.llm.tokenize(
-            formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
-        )
-        return tokens, stop_list(formatted.stop), formatted.prompt
+        prompt = formatted.prompt
+        vocab = self.llm._model.vocab
+        add_bos = bool(llama_lib.llama_vocab_get_add_bos(vocab))
+        if add_bos:
+            bos = token_piece(vocab, self.llm.token_bos(), special=True).decode(errors="replace")
+            if bos and prompt.startswith(bos):
+                prompt = prompt[len(bos) :]
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        return tokens, stop_list(formatted.stop), prompt
 
     def shaped(self, request: dict[str, Any]) -> tuple[dict[str, Any], ChatShape, str | None]:
         """The chat request as this model's template sees it (chat_shape.py)."""
+        if self.settings.mmproj is None and _has_media(request.get("messages")):
+            # llama-server's answer; silently dropping the picture would answer another question
+            raise ApiError(
+                500,
+                "image input is not supported - hint: if this is unexpected, "
+                "you may need to provide the mmproj",
+            )
         return shape_chat(request, self.formatter.template, self.settings)
 
     def _runs(
@@ -129,7 +146,7 @@ class Completions:
         """A chat request's generation arguments, its runs, and how their text is read."""
         request, shape, tool_grammar = self.shaped(request)
         params = self._params(request, chat=True)
-        tokens, template_stops, prompt = self._chat_prompt(request)
+        tokens, template_stops, prompt = self.render(request)
         params["stop"] = [*params["stop"], *template_stops]
         thinking = prompt.rstrip().endswith(THINK_START)
         shape.thinking_open = shape.split_thinking and thinking
@@ -272,7 +289,7 @@ class Completions:
                 "model": params["model"],
                 "tokens_predicted": outcome.completion_tokens,
                 "tokens_evaluated": outcome.prompt_tokens,
-                "prompt": self.llm.detokenize(run.prompt, special=True).decode(errors="replace"),
+                "prompt": detokenize(self.llm, run.prompt, special=True),
                 "truncated": False,
                 "stop_type": _stop_type(outcome),
                 "stopping_word": outcome.stop_word,
@@ -309,6 +326,16 @@ class Completions:
                 yield sse(final(run, ""))  # llama-server ends this stream without [DONE]
 
         return Response.stream(events())
+
+
+def _has_media(messages: Any) -> bool:
+    """Whether a message holds an image or audio part."""
+    for message in messages if isinstance(messages, list) else []:
+        parts = message.get("content") if isinstance(message, dict) else None
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, dict) and part.get("type") in ("image_url", "input_audio"):
+                return True
+    return False
 
 
 def _stop_type(outcome: Outcome) -> str:

@@ -239,6 +239,7 @@ class Decoder:
         sequence = slot.sequence or slot.last
         if sequence is None:
             return entry
+        working = slot.sequence is not None
         remaining = -1 if sequence.limit is None else max(0, sequence.limit - sequence.sampled)
         return {
             **entry,
@@ -248,10 +249,11 @@ class Decoder:
             "params": sequence.params,
             "next_token": [
                 {
-                    "has_next_token": not sequence.done and slot.sequence is not None,
+                    "has_next_token": not sequence.done and working,
                     "has_new_line": False,
-                    "n_remain": remaining,
-                    "n_decoded": sequence.sampled,
+                    # as llama-server: an idle slot keeps none of its last task's budget
+                    "n_remain": remaining if working else -1,
+                    "n_decoded": sequence.sampled if working else 0,
                 }
             ],
             "prompt": sequence.prompt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -245,12 +246,12 @@ def generate(
                 outcome.finish_reason = "stop"
                 break
             outcome.completion_tokens += 1
-            if probs is not None:
-                outcome.probs.append(probs)
             previous = outcome.last_token or outcome.prompt_done
             outcome.last_token = time.perf_counter()
             decoder.counters.predicted(outcome.last_token - previous)
             piece = utf8.decode(token_piece(vocab, token))
+            if probs is not None:  # with the text it added, so that the texts join into it
+                outcome.probs.append(dataclasses.replace(probs, text=piece))
             if budget is not None and (closing := budget.after(piece)):
                 decoder.force(sequence, closing)
             text = held + piece
@@ -265,6 +266,8 @@ def generate(
             held = text[len(text) - keep :]
             if len(text) > keep:
                 yield text[: len(text) - keep]
+            elif top_probs is not None:
+                yield ""  # as llama-server, a chunk for every token when its probabilities go out
             if max_tokens is not None and outcome.completion_tokens >= max_tokens:
                 outcome.finish_reason = "length"
                 break
@@ -281,7 +284,11 @@ def generate(
     finally:
         decoder.close(sequence)
         decoder.counters.add_prompt(outcome.timings())
-    rest = held + utf8.decode(b"", final=True)
+    unfinished = utf8.decode(b"", final=True)  # the last token's incomplete character
+    if unfinished and outcome.probs:
+        last = outcome.probs[-1]
+        outcome.probs[-1] = dataclasses.replace(last, text=(last.text or "") + unfinished)
+    rest = held + unfinished
     if rest:
         yield rest
 
@@ -301,15 +308,21 @@ def checked_tokens(tokens: list[int], llm: llama_cpp.Llama) -> list[int]:
     return tokens
 
 
-def token_piece(vocab: Any, token: int) -> bytes:
-    """The token's bytes. (llama-cpp-python's own token_to_piece returns its whole 32-byte
-    buffer, NUL padding included.)"""
+def token_piece(vocab: Any, token: int, special: bool = False) -> bytes:
+    """The token's bytes, however long. (llama-cpp-python's own token_to_piece returns its
+    whole 32-byte buffer, NUL padding included, and its detokenize drops a longer piece.)"""
     buffer = ctypes.create_string_buffer(64)
-    length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, special)
     if length < 0:  # a longer piece: the call says how much room it needs
         buffer = ctypes.create_string_buffer(-length)
-        length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+        length = llama_lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, special)
     return buffer.raw[:length]
+
+
+def detokenize(llm: llama_cpp.Llama, tokens: list[int], special: bool = False) -> str:
+    vocab = llm._model.vocab
+    text = b"".join(token_piece(vocab, token, special) for token in tokens)
+    return text.decode("utf-8", errors="replace")
 
 
 def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:

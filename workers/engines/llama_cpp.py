@@ -17,13 +17,13 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
 
 from workers.cores import WorkerCores, physical_cores
-from workers.engine_counters import EngineCounters
+from workers.engine_counters import EngineCounters, Figure
 from workers.engines import anthropic, infill, kept_slots
 from workers.engines.chat_templates import chat_formatter
 from workers.engines.completions import Completions
 from workers.engines.decoder import Decoder, slot_context
-from workers.engines.generation import SHOWN_PARAMS, checked_tokens
-from workers.engines.prompts import chat_prompt, embedding_texts
+from workers.engines.generation import SHOWN_PARAMS, checked_tokens, detokenize, token_piece
+from workers.engines.prompts import embedding_texts
 from workers.engines.response import Response
 from workers.engines.sampling import completion_kwargs
 from workers.errors import ApiError
@@ -327,7 +327,7 @@ class LlamaEngine:
                 ]  # fmt: skip
             llm = self.model
             return self._decoder.describe(
-                lambda tokens: llm.detokenize(tokens, special=True).decode(errors="replace")
+                lambda tokens: detokenize(llm, tokens, special=True)
             )
         if action == "erase":
             return self.decoder.erase(slot)
@@ -386,8 +386,14 @@ class LlamaEngine:
     def apply_template(self, body: bytes, cancelled: CancelCheck) -> Response:
         """llama-server's `/apply-template`: the prompt the chat route would decode, ungenerated."""
         request, _, _ = self.completions.shaped(decode_object(body))
-        formatted = chat_prompt(self.completions.formatter, request)
-        return Response.json(200, {"prompt": formatted.prompt})
+        _, _, prompt = self.completions.render(request)
+        return Response.json(200, {"prompt": prompt})
+
+    def chat_input_tokens(self, body: bytes, cancelled: CancelCheck) -> Response:
+        """llama-server's count of a chat request's prompt tokens, ungenerated."""
+        request, _, _ = self.completions.shaped(decode_object(body))
+        tokens, _ = self.completions.chat_tokens(request)
+        return Response.json(200, {"input_tokens": len(tokens)})
 
     def infill(self, body: bytes, cancelled: CancelCheck) -> Response:
         return infill.infill(self.completions, body, cancelled)
@@ -412,6 +418,8 @@ class LlamaEngine:
             )
         texts = embedding_texts(request.input, llm)
         vectors, tokens = self.decoder.exclusively(lambda: self._embed(llm, texts))
+        self.counters.add(Figure.PROMPT_TOKENS, tokens)  # its prompt is decoded, as a chat's
+        self.counters.add(Figure.DECODES, len(texts))
         as_base64 = request.encoding_format == "base64"
         data = [
             {
@@ -455,7 +463,7 @@ class LlamaEngine:
     def detokenize(self, body: bytes, cancelled: CancelCheck) -> Response:
         request = decode_body(body, DetokenizeRequest)
         tokens = checked_tokens(request.tokens, self.model)
-        text = self.model.detokenize(tokens).decode("utf-8", errors="replace")
+        text = detokenize(self.model, tokens)
         return Response.json(200, {"content": text})
 
 
@@ -469,6 +477,8 @@ _ROUTES: dict[str, Callable[[LlamaEngine, bytes, CancelCheck], Response]] = {
     "/embeddings": LlamaEngine.embeddings,
     "/tokenize": LlamaEngine.tokenize,
     "/detokenize": LlamaEngine.detokenize,
+    "/chat/completions/input_tokens": LlamaEngine.chat_input_tokens,
+    "/v1/chat/completions/input_tokens": LlamaEngine.chat_input_tokens,
     "/apply-template": LlamaEngine.apply_template,
     "/infill": LlamaEngine.infill,
     "/v1/messages": LlamaEngine.messages,
@@ -509,11 +519,11 @@ def _base64_floats(vector: list[float]) -> str:
 def _piece(llm: llama_cpp.Llama, token: int) -> str:
     if token < 0:
         return ""
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+    return detokenize(llm, [token], special=True)
 
 
 def _piece_value(llm: llama_cpp.Llama, token: int) -> str | list[int]:
-    raw = llm.detokenize([token], special=True)
+    raw = token_piece(llm._model.vocab, token, special=True)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -24,6 +24,7 @@ class TokenProbs:
     token: int
     logprob: float
     top: list[tuple[int, float]]  # the most likely tokens at this step, most likely first
+    text: str | None = None  # what the token added to the answer's text, once it is known
 
 
 def token_probs(ctx: Any, index: int, n_vocab: int, token: int, top: int) -> TokenProbs:
@@ -70,11 +71,11 @@ class Shapes:
     def __init__(self, piece: Any) -> None:
         self._piece = piece  # token id -> its bytes
 
-    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+    def _entry(self, token: int, logprob: float, text: str | None = None) -> dict[str, Any]:
         raw = self._piece(token)
         return {
             "id": token,
-            "token": raw.decode("utf-8", errors="ignore"),
+            "token": raw.decode("utf-8", errors="ignore") if text is None else text,
             "bytes": list(raw),
             "logprob": logprob,
         }
@@ -84,7 +85,7 @@ class Shapes:
         `completion_probabilities`."""
         return [
             {
-                **self._entry(p.token, p.logprob),
+                **self._entry(p.token, p.logprob, p.text),
                 "top_logprobs": [self._entry(token, logprob) for token, logprob in p.top],
             }
             for p in probs
@@ -95,7 +96,7 @@ class Shapes:
         `text_offset`), with llama-server's `content` list beside them."""
         tokens, offsets = [], []
         for p in probs:
-            text = self._piece(p.token).decode("utf-8", errors="ignore")
+            text = self._entry(p.token, p.logprob, p.text)["token"]
             tokens.append(text)
             offsets.append(text_offset)
             text_offset += len(text)

@@ -10,7 +10,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import ChatFormatterResponse
 
 from workers.engines.chat_templates import ChatFormatter
-from workers.engines.generation import checked_tokens
+from workers.engines.generation import checked_tokens, detokenize
 from workers.errors import ApiError
 
 BAD_PROMPT = (
@@ -42,7 +42,7 @@ def embedding_texts(value: Any, llm: llama_cpp.Llama) -> list[str]:
             item = item["prompt_string"] if "prompt_string" in item else _parts_text(item)
         if isinstance(item, list):
             tokens = _prompt_tokens(item, llm, has_projector=False)
-            item = llm.detokenize(tokens).decode("utf-8", errors="replace")
+            item = detokenize(llm, tokens)
         if not isinstance(item, str):
             raise ApiError(400, BAD_PROMPT)
         texts.append(item)
