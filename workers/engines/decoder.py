@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
+import numpy as np
 
 from workers.cores import WorkerCores
 from workers.engine_counters import EngineCounters, Figure
 from workers.engines.logprobs import TokenProbs, token_probs
+from workers.engines.token_sampler import Candidates, TokenSampler
 from workers.errors import ApiError
 
 T = TypeVar("T")
@@ -37,7 +39,6 @@ T = TypeVar("T")
 LOOKAHEAD = 8  # tokens a sequence may be ahead of its reader
 LONG_PROMPT = 64  # tokens; a batch with a shorter prompt chunk ends sooner than a cancel matters
 PROMPT_SIMILARITY = 0.1  # llama-server's --slot-prompt-similarity
-PENALTY_LAST_N = 64  # llama-server's --repeat-last-n
 _WAIT_SECONDS = 0.1  # a reader waiting for a token looks at its cancel flag this often
 # How often the decoder looks at its share of the cores, which the router updates every second
 # and other workers change when they start or stop decoding.
@@ -71,7 +72,7 @@ class Sequence:
     slot: Slot
     prompt: list[int]
     reused: int  # prompt tokens whose KV cells were already there
-    sampler: Any  # llama_sampler_p: the chain, owned and freed by the decoder
+    sampler: TokenSampler  # owned and freed by the decoder
     limit: int | None  # tokens to sample at most
     cancelled: Callable[[], bool]
     ready: threading.Condition  # its reader waits here for tokens
@@ -111,7 +112,8 @@ class Decoder:
         self._ctx = llm._ctx.ctx
         self._memory = llama_lib.llama_get_memory(self._ctx)
         self._vocab = llm._model.vocab
-        self._n_vocab = llm.n_vocab()
+        self._probs_scratch = np.empty(llm.n_vocab(), dtype=np.float32)
+        self._candidates = Candidates(llm.n_vocab())
         self._n_ctx = slot_context(llm)  # the most tokens one sequence may hold
         self._n_cells = llm.n_ctx()
         self._shared = self._n_ctx == self._n_cells and slots > 1
@@ -144,7 +146,7 @@ class Decoder:
     def start(
         self,
         prompt: list[int],
-        sampler: Any,
+        sampler: TokenSampler,
         limit: int | None,
         cancelled: Callable[[], bool],
         reuse: bool = True,
@@ -417,7 +419,7 @@ class Decoder:
     def _retire(self) -> None:
         for sequence in [s for s in self._active if s.closing]:
             self._active.remove(sequence)
-            llama_lib.llama_sampler_free(sequence.sampler)
+            sequence.sampler.free()
             slot = sequence.slot
             slot.sequence = None
             slot.last = sequence
@@ -504,7 +506,7 @@ class Decoder:
             (sequence, self._next_token(sequence, index), index) for sequence, index in sampled_at
         ]
         probs = [
-            token_probs(self._ctx, index, self._n_vocab, token, sequence.top_probs)
+            token_probs(self._ctx, index, token, sequence.top_probs, self._probs_scratch)
             if sequence.top_probs is not None
             else None
             for sequence, token, index in tokens_out
@@ -523,9 +525,9 @@ class Decoder:
     def _next_token(self, sequence: Sequence, index: int) -> int:
         if sequence.forced:
             token = sequence.forced.popleft()
-            llama_lib.llama_sampler_accept(sequence.sampler, token)  # penalties and grammar see it
+            sequence.sampler.accept(token)  # the penalties and the grammar see it
             return token
-        return int(llama_lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+        return sequence.sampler.sample(self._ctx, index, self._candidates)
 
     def _count_decode(self) -> None:
         counters = self.counters
@@ -569,7 +571,7 @@ class Decoder:
             sequence.done = True
             sequence.error = message
             sequence.ready.notify()
-            llama_lib.llama_sampler_free(sequence.sampler)
+            sequence.sampler.free()
         self._admitted.clear()
         self._active.clear()
         for _, _, future in self._errands:

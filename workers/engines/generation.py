@@ -23,8 +23,9 @@ import llama_cpp.llama_cpp as llama_lib
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from workers.engines.chat_output import THINK_END, THINK_START
-from workers.engines.decoder import PENALTY_LAST_N, Decoder, slot_context
+from workers.engines.decoder import Decoder, slot_context
 from workers.engines.logprobs import TokenProbs
+from workers.engines.token_sampler import TokenSampler
 from workers.errors import ApiError, ContextExceeded
 
 # The request's settings /slots shows, under llama-server's names.
@@ -175,39 +176,6 @@ def _parsed(grammar: LlamaGrammar, vocab: Any) -> LlamaGrammar:
     return grammar
 
 
-def sampler_chain(params: dict[str, Any], vocab: Any, n_vocab: int) -> Any:
-    """The request's sampler chain, all in llama.cpp: logit bias, penalties, grammar, then
-    top-k, typical, top-p, min-p and temperature before the seeded draw (greedy at temp 0)."""
-    chain = llama_lib.llama_sampler_chain_init(llama_lib.llama_sampler_chain_default_params())
-
-    def add(sampler: Any) -> None:
-        llama_lib.llama_sampler_chain_add(chain, sampler)
-
-    # as llama-server does, ids outside the vocabulary are ignored
-    bias = [(t, v) for t, v in (params.get("logit_bias") or {}).items() if 0 <= t < n_vocab]
-    if bias:
-        entries = (llama_lib.llama_logit_bias * len(bias))(
-            *(llama_lib.llama_logit_bias(token, value) for token, value in bias)
-        )
-        add(llama_lib.llama_sampler_init_logit_bias(n_vocab, len(bias), entries))
-    penalties = (params["repeat_penalty"], params["frequency_penalty"], params["presence_penalty"])
-    add(llama_lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, *penalties))
-    grammar: LlamaGrammar | None = params.get("grammar")
-    if grammar is not None:
-        text, root = grammar._grammar.encode(), grammar._root.encode()
-        add(llama_lib.llama_sampler_init_grammar(vocab, text, root))
-    if params["temp"] <= 0:
-        add(llama_lib.llama_sampler_init_greedy())
-        return chain
-    add(llama_lib.llama_sampler_init_top_k(params["top_k"]))
-    add(llama_lib.llama_sampler_init_typical(params["typical_p"], 1))
-    add(llama_lib.llama_sampler_init_top_p(params["top_p"], 1))
-    add(llama_lib.llama_sampler_init_min_p(params["min_p"], 1))
-    add(llama_lib.llama_sampler_init_temp(params["temp"]))
-    add(llama_lib.llama_sampler_init_dist(int(params.get("seed", llama_lib.LLAMA_DEFAULT_SEED))))
-    return chain
-
-
 def generate(
     decoder: Decoder,
     llm: llama_cpp.Llama,
@@ -226,7 +194,7 @@ def generate(
     vocab = llm._model.vocab
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
-    chain = sampler_chain(params, vocab, llm.n_vocab())
+    sampler = TokenSampler(params, vocab, llm.n_vocab())
     reuse = params.get("cache_prompt", True)
     shown = {name: params[key] for key, name in SHOWN_PARAMS.items() if key in params}
     shown["n_predict"] = -1 if max_tokens is None else max_tokens
@@ -234,7 +202,7 @@ def generate(
     budget: ThinkingBudget | None = params.get("thinking_budget")
     forced = budget.at_start() if budget is not None else None
     sequence = decoder.start(
-        prompt_tokens, chain, max_tokens, cancelled, reuse, shown, top_probs, forced
+        prompt_tokens, sampler, max_tokens, cancelled, reuse, shown, top_probs, forced
     )
     outcome.started = sequence.started
     try:

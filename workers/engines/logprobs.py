@@ -27,16 +27,20 @@ class TokenProbs:
     text: str | None = None  # what the token added to the answer's text, once it is known
 
 
-def token_probs(ctx: Any, index: int, n_vocab: int, token: int, top: int) -> TokenProbs:
+def token_probs(ctx: Any, index: int, token: int, top: int, scratch: np.ndarray) -> TokenProbs:
     """The sampled token's log-probability and the `top` most likely, from the logits of batch
-    position `index` (read before the next decode overwrites them)."""
+    position `index` (read before the next decode overwrites them). `scratch` holds a
+    vocabulary's floats: this runs between two decodes, so it allocates nothing."""
+    n_vocab = len(scratch)
     logits = np.ctypeslib.as_array(llama_lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
     peak = float(logits.max())
-    log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+    np.subtract(logits, peak, out=scratch)
+    np.exp(scratch, out=scratch)
+    log_total = peak + float(np.log(scratch.sum()))
     best: list[tuple[int, float]] = []
     if top > 0:
         count = min(top, n_vocab)
-        ids = np.argpartition(-logits, count - 1)[:count]
+        ids = np.argpartition(logits, n_vocab - count)[n_vocab - count :]
         ids = ids[np.argsort(-logits[ids], kind="stable")]
         best = [(int(i), float(logits[i]) - log_total) for i in ids]
     return TokenProbs(token, float(logits[token]) - log_total, best)
