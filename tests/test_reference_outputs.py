@@ -685,14 +685,7 @@ def end_counts(url: str) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.parametrize(
-    "url",
-    known_difference(
-        "the end-of-generation token is not counted as a predicted token, nor given its "
-        "probabilities"
-    ),
-    indirect=True,
-)
+@pytest.mark.parametrize("url", BOTH, indirect=True)
 def test_the_end_of_generation_counts_as_llama_server_counts_it(url: str) -> None:
     check(end_counts(url), END_COUNTS)
 

@@ -293,7 +293,8 @@ class Completions:
                 "truncated": False,
                 "stop_type": _stop_type(outcome),
                 "stopping_word": outcome.stop_word,
-                "tokens_cached": outcome.prompt_tokens + outcome.completion_tokens,
+                # the last token sampled is never decoded, so the cache holds one fewer
+                "tokens_cached": outcome.prompt_tokens + max(0, outcome.completion_tokens - 1),
                 "timings": outcome.timings(),
             }
 

@@ -210,16 +210,18 @@ def generate(
             if not outcome.prompt_done:
                 outcome.prompt_done = sequence.first_token
                 outcome.cached = sequence.reused
-            if llama_lib.llama_vocab_is_eog(vocab, token):
-                outcome.finish_reason = "stop"
-                break
+            # as llama-server, the end-of-generation token counts as a predicted one
             outcome.completion_tokens += 1
             previous = outcome.last_token or outcome.prompt_done
             outcome.last_token = time.perf_counter()
             decoder.counters.predicted(outcome.last_token - previous)
-            piece = utf8.decode(token_piece(vocab, token))
+            ends = bool(llama_lib.llama_vocab_is_eog(vocab, token))
+            piece = "" if ends else utf8.decode(token_piece(vocab, token))
             if probs is not None:  # with the text it added, so that the texts join into it
                 outcome.probs.append(dataclasses.replace(probs, text=piece))
+            if ends:
+                outcome.finish_reason = "stop"
+                break
             if budget is not None and (closing := budget.after(piece)):
                 decoder.force(sequence, closing)
             text = held + piece
