@@ -124,6 +124,7 @@ def test_text_that_is_no_call_stays_the_answer() -> None:
         assert parse_tool_calls("The weather is fine.", syntax) == ("The weather is fine.", [])
     assert parse_tool_calls('{"response": "Hi!"}', ToolSyntax.GENERIC) == ("Hi!", [])
     assert parse_tool_calls("<tool_call>{not json</tool_call>", ToolSyntax.HERMES)[1] == []
+    assert parse_tool_calls("<tool_call>[1, 2]</tool_call>", ToolSyntax.HERMES)[1] == []
 
 
 def test_the_template_picks_the_syntax() -> None:

@@ -108,7 +108,8 @@ def parse_tool_calls(text: str, syntax: ToolSyntax) -> tuple[str, list[ToolCall]
     """(the answer's text, the calls) from what the model wrote; text that holds no call
     that parses stays the answer."""
     if syntax is ToolSyntax.HERMES and "<tool_call>" in text:
-        calls = [_call(json.loads(body)) for body in _HERMES.findall(text) if _json(body)]
+        blocks = [_json(body) for body in _HERMES.findall(text)]
+        calls = [_call(block) for block in blocks if _is_call(block)]
         if calls:
             return _HERMES.sub("", text).strip(), calls
     if syntax is ToolSyntax.GEMMA and "<start_function_call>" in text:
@@ -176,7 +177,8 @@ def _gemma_arguments(body: str) -> str:
         if raw.startswith("\x00"):
             arguments[key.strip()] = strings[int(raw.strip("\x00"))]
         else:
-            arguments[key.strip()] = _json(raw) if _json(raw) is not None else raw
+            value = _json(raw)
+            arguments[key.strip()] = raw if value is None else value
     return json.dumps(arguments, ensure_ascii=False)
 
 
