@@ -195,14 +195,15 @@ def main() -> None:
         print("\n/metrics and the web page:", json.dumps(observed, indent=2))
         results["metrics"] = observed
     if "features" in args.parts:
-        target = router_target(models, work / "cache", ["-c", "4096", "--models-max", "2"])
-        target.start(work)
-        try:
-            costs = features.run(target.url, "gemma", args.tokens, args.runs)
-        finally:
-            target.stop()
-        print("\nchat features on the token path:", json.dumps(costs, indent=2))
-        results["features"] = costs
+        flags = ["-c", "4096", "--models-max", "2"]
+        results["features"] = compare_runs(
+            "chat features on the token path, Gemma 270M",
+            lambda target: features.measure(target.url, "gemma", args.tokens),
+            lambda: router_target(models, work / "cache", flags),
+            reference and (lambda: reference_target(reference, models, flags)),
+            work,
+            args.runs,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

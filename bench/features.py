@@ -2,13 +2,13 @@
 
 Gemma 270M chat streams of a fixed length (EOS banned), plain and with log-probabilities
 (top 5), a grammar, and tools offered (so the answer goes through the tool-call reader); each
-as tokens per second after the first token, the variants taking turns so that drift hits all.
+as tokens per second after the first token and as a ratio to plain, on llama-router and on
+llama-server in turn.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from typing import Any
 
@@ -57,18 +57,12 @@ def tokens_per_second(url: str, model: str, tokens: int, extra: dict[str, Any]) 
     return (generated - 1) / (ended - first)
 
 
-def run(url: str, model: str, tokens: int, runs: int) -> dict[str, Any]:
+def measure(url: str, model: str, tokens: int) -> dict[str, float]:
+    """One round: each variant's tokens per second, and its ratio to plain."""
     tokens_per_second(url, model, 8, {})  # loaded and warm
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(runs):
-        for name, extra in VARIANTS.items():
-            samples[name].append(tokens_per_second(url, model, tokens, extra))
-    plain = statistics.median(samples["plain"])
-    return {
-        name: {
-            "tokens_per_s": statistics.median(values),
-            "spread": [min(values), max(values)],
-            "ratio_to_plain": statistics.median(values) / plain,
-        }
-        for name, values in samples.items()
+    speeds = {
+        name: tokens_per_second(url, model, tokens, extra) for name, extra in VARIANTS.items()
     }
+    ratios = {f"{name} / plain": speed / speeds["plain"] for name, speed in speeds.items()}
+    del ratios["plain / plain"]
+    return {**{f"{name} tok/s": speed for name, speed in speeds.items()}, **ratios}

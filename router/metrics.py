@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.engine_counters import Figure
+from workers.engine_counters import COUNTERS, EngineCounters, Figure
 
 if TYPE_CHECKING:
     from router.supervisor import Model
@@ -89,6 +89,41 @@ class ModelView:
     window: list[float]  # their growth since the previous scrape
     waiting: int  # requests in the router waiting for the model
     memory: int | None
+
+
+class EngineTotals:
+    """A model's figures over every worker that has served it, and the live one's."""
+
+    def __init__(self) -> None:
+        self._retired = [0.0] * len(Figure)
+        self._looked = [0.0] * len(Figure)
+
+    def retire(self, counters: EngineCounters) -> None:
+        """The worker lets the model go: keep what it counted."""
+        last = counters.snapshot()
+        for figure in COUNTERS:
+            self._retired[figure] += last[figure]
+        self._retired[Figure.TOKENS_MAX] = max(
+            self._retired[Figure.TOKENS_MAX], last[Figure.TOKENS_MAX]
+        )
+
+    def read(self, live: EngineCounters | None) -> list[float]:
+        figures = list(self._retired)
+        if live is not None:
+            now = live.snapshot()
+            for figure in COUNTERS:
+                figures[figure] += now[figure]
+            figures[Figure.TOKENS_MAX] = max(figures[Figure.TOKENS_MAX], now[Figure.TOKENS_MAX])
+            figures[Figure.PROCESSING] = now[Figure.PROCESSING]
+            figures[Figure.DEFERRED] = now[Figure.DEFERRED]
+        return figures
+
+    def window(self, figures: list[float]) -> list[float]:
+        """How much the figures grew since the last call: llama-server's throughput gauges
+        cover the time since the previous scrape."""
+        grown = [now - before for now, before in zip(figures, self._looked, strict=True)]
+        self._looked = list(figures)
+        return grown
 
 
 class RouterMetrics:

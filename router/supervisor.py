@@ -37,11 +37,10 @@ from router.catalog import ModelSpec
 from router.config import RouterConfig
 from router.cores import CoreMeter
 from router.gguf_memory import memory_needed
-from router.metrics import RouterMetrics
+from router.metrics import EngineTotals, RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.processes import SpareWorkers, WorkerProcess, apply_poll
 from workers.cores import CoreTable
-from workers.engine_counters import EngineTotals
 from workers.errors import ApiError
 from workers.protocol import (
     Event,

@@ -21,21 +21,11 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionTokenLogprob
 
 from tests.server import RouterProcess
+from tests.test_request_forms import TIMINGS
 from tests.test_tools import TIME, WEATHER
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
 THINKING = 'root ::= "<think>" [a-z]{3,8} "</think>" [a-z]{3,8}'
-TIMING_FIELDS = {
-    "cache_n",
-    "prompt_n",
-    "prompt_ms",
-    "prompt_per_token_ms",
-    "prompt_per_second",
-    "predicted_n",
-    "predicted_ms",
-    "predicted_per_token_ms",
-    "predicted_per_second",
-}
 
 
 @pytest.fixture(scope="module")
@@ -240,18 +230,18 @@ def test_openai_timings_are_an_extra_field(client: openai.OpenAI) -> None:
         model="tiny-c", messages=[{"role": "user", "content": "hi"}], max_tokens=5
     )
     timings = (completion.model_extra or {})["timings"]
-    assert set(timings) == TIMING_FIELDS
+    assert set(timings) == TIMINGS
     assert timings["predicted_n"] == completion.usage.completion_tokens
     assert completion.to_dict()["timings"] == timings
 
     text = client.completions.create(model="tiny-c", prompt="abc", max_tokens=3)
-    assert set((text.model_extra or {})["timings"]) == TIMING_FIELDS
+    assert set((text.model_extra or {})["timings"]) == TIMINGS
 
     stream = client.chat.completions.create(
         model="tiny-c", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
     )
     chunks = list(stream)
-    assert set((chunks[-1].model_extra or {})["timings"]) == TIMING_FIELDS
+    assert set((chunks[-1].model_extra or {})["timings"]) == TIMINGS
     assert all("timings" not in (chunk.model_extra or {}) for chunk in chunks[:-1])
 
 

@@ -19,10 +19,8 @@ servers decode them greedily into exactly the script, so their parsers get the s
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ import gguf
 import pytest
 import requests
 
-from bench.targets import find_reference
+from bench.targets import Target, find_reference
 from router.bundled import gemma_model
 from tests.server import RouterProcess, free_port
 from tests.test_tools import (
@@ -145,44 +143,18 @@ def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- the two servers ----------------------------------------------------------------------------
 
 
-class LlamaServer:
-    """llama-server, with --no-repack always: bench/targets.py gives it where the CPU has AMX
-    (this llama.cpp crashes there without it), and it changes no output here."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        assert REFERENCE is not None
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [REFERENCE, "--port", str(self.port), "--no-repack", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its model instances are its children
-            )
-
-    def wait_ready(self, timeout: float = 60.0) -> LlamaServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{self.log_path.read_text()}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"llama-server did not come up:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+@contextlib.contextmanager
+def llama_server(args: list[str], log_dir: Path) -> Iterator[str]:
+    """llama-server's URL, with --no-repack always: bench/targets.py gives it where the CPU has
+    AMX (this llama.cpp crashes there without it), and it changes no output here."""
+    assert REFERENCE is not None
+    port = free_port()
+    server = Target("llama-server", [REFERENCE, "--port", str(port), "--no-repack", *args], port)
+    server.start(log_dir)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +171,9 @@ def router_url(presets: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def llama_server_url(presets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if REFERENCE is None:
         pytest.skip("no llama-server binary")
-    log = tmp_path_factory.mktemp("llama-server") / "llama-server.log"
-    server = LlamaServer(["--models-preset", str(presets), "--models-max", "0"], log)
-    try:
-        yield server.wait_ready().url
-    finally:
-        server.stop()
+    args = ["--models-preset", str(presets), "--models-max", "0"]
+    with llama_server(args, tmp_path_factory.mktemp("llama-server")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -291,11 +260,8 @@ def gemma_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if flags is None:
         yield str(request.getfixturevalue("bundled_url"))
         return
-    server = LlamaServer(["-m", gemma_model(tmp_path).path, *flags], tmp_path / "server.log")
-    try:
-        yield server.wait_ready().url
-    finally:
-        server.stop()
+    with llama_server(["-m", gemma_model(tmp_path).path, *flags], tmp_path) as url:
+        yield url
 
 
 GEMMA_TEMPLATE_FLAGS = ["--no-jinja", "--chat-template", "gemma"]

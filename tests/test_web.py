@@ -196,14 +196,9 @@ def test_key_models_load_and_a_chat_that_survives_a_reload(
     assert server.status("tiny-a") == "loaded"
     shot(browser, "loaded")
 
-    # the activity panel shows the router's /metrics, or hides when it is not served
-    has_metrics = server.get("/metrics", headers=AUTH).status_code == 200
-    if has_metrics:
-        wait_until(browser, "return !document.querySelector('#metrics-panel').hidden")
-        wait_until(browser, "return document.querySelector(\"#metrics tr[data-model='tiny-a']\")")
-    else:  # once its scrape has been answered
-        wait_until(browser, METRICS_ANSWERED)
-        assert browser.execute_script("return document.querySelector('#metrics-panel').hidden")
+    # the activity panel shows the router's /metrics
+    wait_until(browser, "return !document.querySelector('#metrics-panel').hidden")
+    wait_until(browser, "return document.querySelector(\"#metrics tr[data-model='tiny-a']\")")
 
     # a long answer streams…
     Select(browser.find_element(By.ID, "chat-model")).select_by_value("slow")
@@ -231,13 +226,13 @@ def test_key_models_load_and_a_chat_that_survives_a_reload(
         wait_until(browser, "return document.querySelector('#chat').dataset.resumedFrom")
     )
     assert resumed_from >= 6000
-    if has_metrics:  # the answer is a request in flight
-        wait_until(browser, SLOW_METRICS + "return cells?.[1].textContent === '1'")
+    # the answer is a request in flight
+    wait_until(browser, SLOW_METRICS + "return cells?.[1].textContent === '1'")
     assert browser.execute_script("return document.querySelector('#chat').dataset.state") != "idle"
     shot(browser, "chat-resumed")
     wait_until(browser, "return document.querySelector('#chat').dataset.state === 'idle'", 60)
-    if has_metrics:  # its tokens, counted once it ends, per second between two scrapes
-        wait_until(browser, SLOW_METRICS + "return parseFloat(cells?.[3].textContent) > 0")
+    # its tokens per second between two scrapes
+    wait_until(browser, SLOW_METRICS + "return parseFloat(cells?.[3].textContent) > 0")
     shot(browser, "chat-done")
     (session,) = server.post(
         "/v1/streams/lookup", {"conversation_ids": [conv]}, headers=AUTH
@@ -420,4 +415,7 @@ def test_thinking_shows_apart_from_the_answer(
     assert content.isalpha() and "think" not in content
     answer.find_element(By.CSS_SELECTOR, ".reasoning summary").click()
     shot(browser, "chat-thinking")
+    # started without --metrics: the activity panel hides once its scrape is answered
+    wait_until(browser, METRICS_ANSWERED)
+    assert browser.execute_script("return document.querySelector('#metrics-panel').hidden")
     assert page_errors(browser) == []

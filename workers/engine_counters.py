@@ -2,8 +2,8 @@
 
 The worker's decoder and request threads write them as they work; the router reads them when
 `/metrics` is scraped, so a scrape costs the worker nothing and never waits for a busy one.
-Each worker process has its own array, cleared when it loads a model; the router adds a
-worker's last figures to its model's totals when the worker lets the model go.
+Each worker process has its own array, cleared by the router when the worker loads a model
+(router/metrics.py keeps each model's totals across its workers).
 """
 
 from __future__ import annotations
@@ -77,38 +77,3 @@ class EngineCounters:
 
     def snapshot(self) -> list[float]:
         return list(self.cells)
-
-
-class EngineTotals:
-    """A model's figures over every worker that has served it, and the live one's."""
-
-    def __init__(self) -> None:
-        self._retired = [0.0] * len(Figure)
-        self._looked = [0.0] * len(Figure)
-
-    def retire(self, counters: EngineCounters) -> None:
-        """The worker lets the model go: keep what it counted."""
-        last = counters.snapshot()
-        for figure in COUNTERS:
-            self._retired[figure] += last[figure]
-        self._retired[Figure.TOKENS_MAX] = max(
-            self._retired[Figure.TOKENS_MAX], last[Figure.TOKENS_MAX]
-        )
-
-    def read(self, live: EngineCounters | None) -> list[float]:
-        figures = list(self._retired)
-        if live is not None:
-            now = live.snapshot()
-            for figure in COUNTERS:
-                figures[figure] += now[figure]
-            figures[Figure.TOKENS_MAX] = max(figures[Figure.TOKENS_MAX], now[Figure.TOKENS_MAX])
-            figures[Figure.PROCESSING] = now[Figure.PROCESSING]
-            figures[Figure.DEFERRED] = now[Figure.DEFERRED]
-        return figures
-
-    def window(self, figures: list[float]) -> list[float]:
-        """How much the figures grew since the last call: llama-server's throughput gauges
-        cover the time since the previous scrape."""
-        grown = [now - before for now, before in zip(figures, self._looked, strict=True)]
-        self._looked = list(figures)
-        return grown
