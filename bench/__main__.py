@@ -19,7 +19,17 @@ from typing import Any
 
 import msgspec
 
-from bench import cores, downloads, features, measure, metrics, scheduling, slots, streams
+from bench import (
+    cores,
+    downloads,
+    features,
+    http_workers,
+    measure,
+    metrics,
+    scheduling,
+    slots,
+    streams,
+)
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.bundled import BUNDLED_DIR, gemma_model
 from router.config import default_cache_dir
@@ -99,7 +109,17 @@ def run_streams(target: Target, log_dir: Path, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    every = ["core", "scheduling", "streams", "downloads", "cores", "slots", "metrics", "features"]
+    every = [
+        "core",
+        "scheduling",
+        "streams",
+        "downloads",
+        "cores",
+        "slots",
+        "metrics",
+        "features",
+        "http-workers",
+    ]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
     parser.add_argument("--requests", type=int, default=200)
@@ -109,7 +129,10 @@ def main() -> None:
         "--session-tokens", type=int, default=9000, help="about 4 MiB of events on tiny models"
     )
     parser.add_argument(
-        "--runs", type=int, default=3, help="repeats of the cores, slots and features parts"
+        "--runs",
+        type=int,
+        default=3,
+        help="repeats of the cores, slots, features and http-workers parts",
     )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
@@ -203,6 +226,17 @@ def main() -> None:
             reference and (lambda: reference_target(reference, models, flags)),
             work,
             args.runs,
+        )
+    if "http-workers" in args.parts:
+        slow = models / "slow.gguf"
+        if not slow.exists():
+            write_slow_llama(slow)
+        flags = ["-c", "4096", "--models-max", "4"]
+        results["http-workers"] = http_workers.run(
+            lambda more: router_target(models, work / "cache", [*flags, *more]),
+            work,
+            args.runs,
+            args.requests,
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

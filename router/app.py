@@ -1,11 +1,17 @@
-"""Starlette app factory: the routes table, error handlers, and start-up / shut-down order."""
+"""Starlette app factories: the main process's (its routes beside the supervisor) and the
+other HTTP processes' (the routes that read or change the model table are forwarded to the
+main process). Both share the routes table, the middleware and the error handlers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from multiprocessing.connection import Connection
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -13,36 +19,189 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from router.config import RouterConfig
+from router.control_client import RemoteControl
+from router.control_port import ControlPort, LocalControl
+from router.events import EventHub
+from router.exchanges import Exchanges, RingWatch
+from router.http_processes import HttpProcesses
+from router.http_state import HttpState
+from router.metrics import (
+    SHARED_DIR_ENV,
+    RouterMetrics,
+    remove_shared_dir,
+    sweep_stale_shared_dirs,
+)
 from router.middleware import PUBLIC, ApiKeys, LlamaServerCors, RequestTimer
 from router.openapi import build_document
 from router.routes import downloads, inference, metrics, models, ops, slots, streams, web
+from router.routes.common import http_state, read_body
 from router.routes.ops import build_info
 from router.state import RouterState, build_state
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
+from workers.session_index import SessionIndex, index_name
 
 log = logging.getLogger("llama-router")
 
-def create_app(config: RouterConfig) -> Starlette:
+# Served by whichever HTTP process takes the request; every other route runs in the main one.
+EVERY_PROCESS = {
+    inference.infer,
+    streams.follow_stream,
+    ops.health,
+    ops.openapi,
+    models.model_events,
+    web.web_page,
+}
+# A stuck worker must not hold a stopping HTTP process forever.
+DRAIN_SECONDS = 5.0
+
+
+def all_routes() -> list[BaseRoute]:
+    return [
+        *ops.routes,
+        *metrics.routes,
+        *slots.routes,
+        *models.routes,
+        *downloads.routes,
+        *inference.routes,
+        *streams.routes,
+        *web.routes,
+    ]
+
+
+def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None) -> Starlette:
+    """The main process's app: the supervisor, and the HTTP processes beside it."""
     state = build_state(config)
+    http = HttpState(
+        config,
+        state.events,
+        Exchanges(RingWatch(os.getpid(), 0), config.response_buffer_bytes),
+        state.streams.index,
+        LocalControl(state),
+        state.metrics,
+    )
+    app: Starlette
+
+    def serve_process(conn: Connection) -> ControlPort:
+        return ControlPort(state, app, conn)
+
+    processes = HttpProcesses(
+        config, sockets or [], serve_process, on_gone=state.forget_http_process
+    )
+    state.http_processes = processes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stale = sweep_stale_segments()
         if stale:
             log.info("removed %d stale shared-memory segments of a dead router", len(stale))
+        sweep_stale_shared_dirs()
         state.loop = asyncio.get_running_loop()
+        http.exchanges.watch.start()
         state.supervisor.start()
         state.streams.start_gc()
+        processes.start()
         try:
             yield
         finally:
-            await shutdown(state)
+            await shutdown(state, http, processes)
 
+    app = _build(config, http, all_routes(), lifespan)
+    app.state.router = state
+    return app
+
+
+async def shutdown(state: RouterState, http: HttpState, processes: HttpProcesses) -> None:
+    """End every stream and session, stop every process, and remove every ring."""
+    state.stop_generations()
+    http.stop()
+    await processes.stop()
+    await _drain(http)
+    await state.supervisor.shutdown()
+    await state.dispatch.drain()
+    await state.streams.close()
+    remove_shared_dir()
+
+
+def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Starlette:
+    """Another HTTP process's app; `process` is its number (the main one is 0)."""
+    router_pid = os.getppid()
+    events = EventHub()
+    metrics = RouterMetrics(os.environ.get(SHARED_DIR_ENV))
+    watch = RingWatch(router_pid, process)
+    sessions = SessionIndex.attach(index_name(router_pid))
+    app: Starlette
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watch.start()
+        http.control = RemoteControl(conn, events)
+        try:
+            yield
+        finally:
+            http.stop()
+            await _drain(http)
+            sessions.close()
+
+    http = HttpState(
+        config,
+        events,
+        Exchanges(watch, config.response_buffer_bytes),
+        sessions,
+        _NoControl(),
+        metrics,
+    )
+    routes = [_forwarded(route) for route in all_routes()]
+    app = _build(config, http, routes, lifespan)
+    return app
+
+
+async def _drain(http: HttpState) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(http.close(), DRAIN_SECONDS)
+
+
+class _NoControl:
+    """Before the lifespan starts, no route runs."""
+
+    async def admit(self, *args: Any) -> Any:
+        raise ApiError(503, "the router is starting")
+
+    async def start_session(self, *args: Any) -> Any:
+        raise ApiError(503, "the router is starting")
+
+
+def _forwarded(route: BaseRoute) -> BaseRoute:
+    if not isinstance(route, Route) or route.endpoint in EVERY_PROCESS:
+        return route
+    return Route(route.path, forward, methods=route.methods)
+
+
+async def forward(request: Request) -> Response:
+    """A route of the main process, asked from here."""
+    http = http_state(request)
+    assert isinstance(http.control, RemoteControl)
+    body = await read_body(request)
+    answer = await http.control.forward(
+        request.method, request.url.path, request.scope["query_string"], request.headers.raw, body
+    )
+    response = Response(status_code=answer.status)
+    response.raw_headers = answer.headers
+    response.body = answer.body
+    return response
+
+
+def _build(
+    config: RouterConfig,
+    http: HttpState,
+    routes: list[BaseRoute],
+    lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]],
+) -> Starlette:
     public = PUBLIC | ({("GET", "/metrics")} if config.metrics_public else set())
-    middleware = [Middleware(RequestTimer, metrics=state.metrics)]
+    middleware = [Middleware(RequestTimer, metrics=http.metrics)]
     if config.cors_origins:
         middleware.append(
             Middleware(
@@ -57,16 +216,7 @@ def create_app(config: RouterConfig) -> Starlette:
         middleware.append(Middleware(ApiKeys, keys=config.api_keys, public=public))
     app = Starlette(
         middleware=middleware,
-        routes=[
-            *ops.routes,
-            *metrics.routes,
-            *slots.routes,
-            *models.routes,
-            *downloads.routes,
-            *inference.routes,
-            *streams.routes,
-            *web.routes,
-        ],
+        routes=routes,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -74,22 +224,11 @@ def create_app(config: RouterConfig) -> Starlette:
         },
         lifespan=lifespan,
     )
-    app.state.router = state
+    app.state.http = http
     api_routes = [route for route in app.routes if route not in web.routes]
     document = build_document(api_routes, bool(config.api_keys), build_info(), public)
     app.state.openapi = msgspec.json.encode(document)
     return app
-
-
-async def shutdown(state: RouterState) -> None:
-    """End every stream and session, stop every worker, and remove every ring."""
-    state.stop_generations()
-    await state.relay.drain()
-    await state.supervisor.shutdown()
-    await state.relay.drain()
-    await state.streams.close()
-    state.relay.close_rings()
-    state.events.close()
 
 
 def error_response(error: ApiError) -> Response:

@@ -25,7 +25,7 @@ from router.flags import (
     parse_model_flags,
     unapplied,
 )
-from router.http_limits import bounded_head_protocol
+from router.http_process import configure_logging, uvicorn_config
 from router.model_settings import model_settings
 from router.presets import PresetError, split_list
 from router.routes.ops import build_info
@@ -33,12 +33,21 @@ from router.state import RouterState
 from workers.cores import physical_cores
 from workers.download import DownloadError
 from workers.errors import ApiError
+from workers.ring import MAX_READER_PROCESSES
 
 log = logging.getLogger("llama-router")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
+
+
+def http_workers(value: str) -> int:
+    """`--http-workers N` or `auto` (one per core this process may run on)."""
+    count = len(os.sched_getaffinity(0)) if value == "auto" else int(value)
+    if not 1 <= count <= MAX_READER_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_READER_PROCESSES}, or auto")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="addresses to listen on, comma-separated (a path ending in .sock is a UNIX socket)",
     )
     add("--port", type=int, default=int(_env("LLAMA_ARG_PORT", "8080") or 8080))
+    add(
+        "--http-workers",
+        type=http_workers,
+        default=_env("LLAMA_ARG_HTTP_WORKERS", "1"),
+        help="HTTP processes accepting on the port (the main one included); `auto`: one per core",
+    )
     add(
         "--models-dir",
         default=_env("LLAMA_ARG_MODELS_DIR"),
@@ -208,6 +223,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
     return RouterConfig(
         hosts=split_list(args.host) or ["127.0.0.1"],
         port=args.port,
+        http_workers=args.http_workers,
         models_dir=args.models_dir,
         models_preset=args.models_preset,
         models_max=args.models_max,
@@ -239,10 +255,6 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         model_flags=model_flags,
         unapplied_flags=unapplied(model_flags, router_keys | single_model.MODEL_KEYS | {"poll"}),
     )
-
-
-# Streams end within a token of the stop signal; a connection still open after this is cut.
-GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class RouterServer(uvicorn.Server):
@@ -309,26 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"llama-router: warning: llama-server flags accepted but not applied here: {names}",
             file=sys.stderr,
         )
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config)
     try:
-        app = create_app(config)
+        app = create_app(config, sockets)
     except (PresetError, OSError, ValueError) as error:
         print(f"llama-router: {error}", file=sys.stderr)
         return 1
     state: RouterState = app.state.router
-    server = RouterServer(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            http=bounded_head_protocol(config.max_header_bytes),
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        ),
-        state,
-    )
+    server = RouterServer(uvicorn_config(app, config), state)
     print(_banner(config, state), flush=True)
     try:
         server.run(sockets=sockets)

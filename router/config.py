@@ -29,6 +29,7 @@ def default_cache_dir() -> Path:
 class RouterConfig(msgspec.Struct, kw_only=True):
     hosts: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1"])
     port: int = 8080
+    http_workers: int = 1  # HTTP processes accepting on the port, the main one included
     models_dir: str | None = None
     models_preset: str | None = None
     models_max: int = 4

@@ -7,6 +7,7 @@ allowed to grow memory or to slow the router and the other subscribers down.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -55,6 +56,7 @@ class EventHub:
     def __init__(self, limit: int = QUEUE_EVENTS) -> None:
         self._limit = limit
         self._subscribers: set[Subscriber] = set()
+        self._taps: list[Callable[[bytes], None]] = []
         self._encode = msgspec.json.Encoder().encode
 
     def subscribe(self) -> Subscriber:
@@ -71,6 +73,16 @@ class EventHub:
         if data is not None:
             payload["data"] = data
         line = b"data: " + self._encode(payload) + b"\n\n"
+        for tap in list(self._taps):
+            tap(line)
+        self.fan_out(line)
+
+    def tap(self, tap: Callable[[bytes], None]) -> Callable[[], None]:
+        """Every event line also goes to `tap` (another HTTP process's subscribers)."""
+        self._taps.append(tap)
+        return lambda: self._taps.remove(tap)
+
+    def fan_out(self, line: bytes) -> None:
         for subscriber in list(self._subscribers):
             if not subscriber.offer(line):
                 self._subscribers.discard(subscriber)

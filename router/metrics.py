@@ -9,10 +9,14 @@ costs nothing between scrapes.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -21,11 +25,14 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from workers.engine_counters import COUNTERS, EngineCounters, Figure
+from workers.ring import process_alive
 
 if TYPE_CHECKING:
     from router.supervisor import Model
@@ -126,14 +133,49 @@ class EngineTotals:
         return grown
 
 
-class RouterMetrics:
-    """The router's counters and histograms; the scrape-time state comes from `views`."""
+# prometheus_client's multiprocess mode: where every process writes its figures
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_SHARED_DIR_PREFIX = "llama-router-metrics-"
 
-    def __init__(self) -> None:
+
+def share_between_processes() -> str:
+    """From now on this process, and the processes it starts, write their figures into files
+    of one folder, which the page sums (prometheus_client's multiprocess mode)."""
+    folder = _shared_dir(os.getpid())
+    folder.mkdir(exist_ok=True)
+    os.environ[SHARED_DIR_ENV] = str(folder)
+    values.ValueClass = values.MultiProcessValue()
+    return str(folder)
+
+
+def remove_shared_dir() -> None:
+    shutil.rmtree(_shared_dir(os.getpid()), ignore_errors=True)
+
+
+def sweep_stale_shared_dirs() -> None:
+    """The folders of figures of routers that died without removing theirs."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SHARED_DIR_PREFIX}*"):
+        pid = folder.name.removeprefix(_SHARED_DIR_PREFIX)
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _shared_dir(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"{_SHARED_DIR_PREFIX}{pid}"
+
+
+class RouterMetrics:
+    """The router's counters and histograms; the scrape-time state comes from `views`. With a
+    `shared_dir`, the counts of every HTTP process go into it and the page sums them."""
+
+    def __init__(self, shared_dir: str | None = None) -> None:
         self.started = int(time.time())  # llama-server's Process-Start-Time-Unix
         self.registry = CollectorRegistry(auto_describe=False)
         model = ["model"]
-        registry = self.registry
+        registry: CollectorRegistry | None = self.registry
+        if shared_dir is not None:
+            MultiProcessCollector(self.registry, path=shared_dir)
+            registry = None  # counted in the files, and read from there
         self.loads = Counter("llamarouter_model_loads", "Models loaded", model, registry=registry)
         self.load_failures = Counter(
             "llamarouter_model_load_failures", "Loads that failed", model, registry=registry

@@ -1,192 +1,113 @@
-"""Requests into workers, responses out of their rings.
+"""Requests into workers, seen from the supervisor: a request holds its model's lease until
+the worker lets go of its ring, whichever HTTP process reads that ring.
 
-Each request gets its own ring. The worker writes the response bytes there and sends a `Wrote`
-note; the note wakes the request's `Waker`, and a bounded wait covers a note that never comes.
+The worker tells the supervisor over its pipe when it is done with a request (`Ended`); a
+worker that exits instead fails the requests it still had, and those it never picked up may
+be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from router.processes import WorkerProcess
 from router.supervisor import Lease
 from workers.errors import ApiError
 from workers.protocol import Infer
-from workers.ring import Ring, RingState, segment_name
-
-FALLBACK_WAIT = 0.25
+from workers.ring import AttachedRings, Ring, RingState, owner_of
 
 
-class Waker:
-    """Wakes every task waiting on it; a wait also ends after `timeout` as a safety net."""
+class Gone(NamedTuple):
+    """How a request ended when its worker exited first."""
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def wake(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, timeout: float = FALLBACK_WAIT) -> None:
-        event = self._event
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
+    error: ApiError
+    orphaned: bool  # never picked up: safe to send again
 
 
 @dataclass(eq=False)
-class Exchange:
-    """One request in a worker: its ring, its waker, and the lease that keeps the model busy."""
-
+class Dispatched:
     request_id: int
     ring: Ring
     lease: Lease
-    waker: Waker = field(default_factory=Waker)
-    failure: ApiError | None = None
-    pooled: bool = True
-    orphaned: bool = False  # failed before any worker picked it up: safe to send again
-
-    @property
-    def worker(self) -> WorkerProcess:
-        return self.lease.worker
-
-    @property
-    def running(self) -> bool:
-        """Whether more bytes may come for the reader."""
-        return self.failure is None and self.ring.state is RingState.RUNNING
-
-    @property
-    def let_go(self) -> bool:
-        """Whether the worker is done with the ring, so that it may serve another request."""
-        # an orphan was never picked up: not sent, or its worker is gone
-        return self.orphaned or self.ring.state is not RingState.RUNNING or not self.worker.alive
+    # None once the worker let go of the ring, Gone if it exited first
+    finished: asyncio.Future[Gone | None]
 
 
-_segment_serials = itertools.count(1)  # 0 is the session index
-
-
-def new_segment_name() -> str:
-    return segment_name(os.getpid(), next(_segment_serials))
-
-
-class RingPool:
-    """Response rings are reused: creating, attaching and unlinking a segment per request
-    costs more than the rest of the router's work on a short request."""
-
-    def __init__(self, ring_bytes: int, keep: int) -> None:
-        self._ring_bytes = ring_bytes
-        self._keep = keep
-        self._free: list[Ring] = []
-
-    def take(self) -> Ring:
-        if self._free:
-            return self._free.pop()
-        return Ring.create(new_segment_name(), self._ring_bytes, backpressure=True)
-
-    def give_back(self, ring: Ring) -> None:
-        if len(self._free) < self._keep:
-            ring.reset()
-            self._free.append(ring)
-        else:
-            _destroy(ring)
-
-    def close(self) -> None:
-        while self._free:
-            _destroy(self._free.pop())
-
-
-def _destroy(ring: Ring) -> None:
-    ring.close()
-    ring.unlink()
-
-
-class Relay:
-    def __init__(self, ring_bytes: int, release: Callable[[Lease], None], keep: int = 64) -> None:
-        self._rings = RingPool(ring_bytes, keep)
+class Dispatch:
+    def __init__(self, release: Callable[[Lease], None]) -> None:
         self._release = release
         self._serial = itertools.count(1)
-        self._open: dict[int, Exchange] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._open: dict[int, Dispatched] = {}
+        self._attached = AttachedRings()
+
+    def ring(self, name: str) -> Ring:
+        """Another HTTP process's ring (FileNotFoundError when it is gone)."""
+        return self._attached.get(name)
 
     def send(
-        self,
-        lease: Lease,
-        route: str,
-        body: bytes,
-        ring: Ring | None = None,
-        event_ids: bool = False,
-        waker: Waker | None = None,
-    ) -> Exchange:
-        """Send a request to the lease's worker; its answer lands in `ring` or a pooled one."""
+        self, lease: Lease, route: str, body: bytes, ring: Ring, event_ids: bool = False
+    ) -> Dispatched | None:
+        """Send a request to the lease's worker, its answer into `ring`. None (and the lease
+        released) when the worker can no longer hear it. A session's ring (`event_ids`) is
+        unlinked once it ends, so the worker does not keep it mapped."""
         request_id = next(self._serial)
-        exchange = Exchange(request_id, ring or self._rings.take(), lease, pooled=ring is None)
-        if waker is not None:
-            exchange.waker = waker
-        self._open[request_id] = exchange
-        infer = Infer(
-            request_id, route, body, exchange.ring.name, event_ids=event_ids, pooled=ring is None
-        )
+        infer = Infer(request_id, route, body, ring.name, event_ids=event_ids, pooled=not event_ids)
         if not lease.worker.send(infer):
-            exchange.orphaned = True
-            exchange.failure = ApiError(500, f"model {lease.model.id} is not running")
-        return exchange
+            self._release(lease)
+            return None
+        finished: asyncio.Future[Gone | None] = asyncio.get_running_loop().create_future()
+        dispatched = Dispatched(request_id, ring, lease, finished)
+        self._open[request_id] = dispatched
+        return dispatched
 
-    def release_lease(self, lease: Lease) -> None:
-        self._release(lease)
+    def ended(self, request_id: int) -> None:
+        dispatched = self._open.pop(request_id, None)
+        if dispatched is not None:
+            self._settle(dispatched, None)
 
-    def wake(self, request_id: int) -> None:
-        exchange = self._open.get(request_id)
-        if exchange is not None:
-            exchange.waker.wake()
+    def settle_finished(self) -> None:
+        """Release the requests whose worker has finished their ring, before its `Ended`."""
+        for dispatched in list(self._open.values()):
+            if dispatched.ring.state is not RingState.RUNNING:
+                self.ended(dispatched.request_id)
 
     def worker_gone(self, worker: WorkerProcess) -> None:
         """Fail every request still running in a worker that has exited."""
-        for exchange in list(self._open.values()):
-            if exchange.worker is worker and exchange.running:
-                # a cancelled one (its client left, or the router is stopping) is not sent again
-                exchange.orphaned = not exchange.ring.taken and not exchange.ring.cancelled
-                exchange.failure = ApiError(
-                    500, f"model {exchange.lease.model.id} worker exited (code {worker.exit_code})"
-                )
-                exchange.waker.wake()
+        for dispatched in list(self._open.values()):
+            if dispatched.lease.worker is not worker:
+                continue
+            del self._open[dispatched.request_id]
+            ring = dispatched.ring
+            # a cancelled one (its client left, or the router is stopping) is not sent again
+            orphaned = not ring.taken and not ring.cancelled
+            message = f"model {dispatched.lease.model.id} worker exited (code {worker.exit_code})"
+            self._settle(dispatched, Gone(ApiError(500, message), orphaned))
 
-    def close(self, exchange: Exchange) -> None:
-        """The client is done with it: stop the generation if it still runs, then clean up."""
-        if exchange.let_go:
-            self.settle(exchange)
-            return
-        exchange.ring.cancel()
-        task = asyncio.get_running_loop().create_task(self._finish(exchange))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _finish(self, exchange: Exchange) -> None:
-        # The model stays busy, and the ring taken, until the worker has really let go.
-        while not exchange.let_go:
-            await exchange.waker.wait()
-        self.settle(exchange)
-
-    def settle(self, exchange: Exchange) -> None:
-        """The worker let go: the model is free again, and a pooled ring goes back."""
-        self._release(exchange.lease)
-        self._open.pop(exchange.request_id, None)
-        if exchange.pooled:
-            self._rings.give_back(exchange.ring)
+    def _settle(self, dispatched: Dispatched, gone: Gone | None) -> None:
+        self._release(dispatched.lease)
+        if not dispatched.finished.done():
+            dispatched.finished.set_result(gone)
 
     def cancel_all(self) -> None:
-        for exchange in list(self._open.values()):
-            if exchange.running and exchange.pooled:
-                exchange.ring.cancel()
+        for dispatched in self._open.values():
+            dispatched.ring.cancel()
 
     async def drain(self) -> None:
+        """Stopping: end every generation and wait for the workers to let go."""
         self.cancel_all()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*(d.finished for d in self._open.values()), return_exceptions=True)
 
-    def close_rings(self) -> None:
-        self._rings.close()
+    def cancel_from(self, owner_pid: int) -> list[asyncio.Future[Gone | None]]:
+        """An HTTP process died: end the generations of its rings; what to wait for."""
+        mine = [d for d in self._open.values() if owner_of(d.ring.name) == owner_pid]
+        for dispatched in mine:
+            dispatched.ring.cancel()
+        return [dispatched.finished for dispatched in mine]
+
+    def forget(self, owner_pid: int) -> None:
+        """Unmap a dead HTTP process's rings."""
+        self._attached.forget(owner_pid)

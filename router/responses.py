@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from router.events import PING_SECONDS, EventHub, Subscriber
+from router.exchanges import Exchange, RingWatch
 from router.metrics import RequestClock
-from router.relay import Exchange
-from router.streams import Session
 from workers.errors import ApiError
-from workers.ring import Media, OffsetLost, RingState
+from workers.ring import Media, OffsetLost, Ring, RingState
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -121,9 +120,7 @@ class RingResponse(FollowingResponse):
                 await self._wait()
             if self._gone or not exchange.orphaned:
                 return
-            log.info(
-                "sending a request to %s again: its worker died first", exchange.lease.model.id
-            )
+            log.info("sending a request to %s again: its worker died first", exchange.model_id)
             self._close(exchange)
             self._closed = True
             replacement = await unless(self._resend(), self._left.wait())
@@ -193,7 +190,7 @@ class RingResponse(FollowingResponse):
             self._quiet_since = time.monotonic()
         silent = time.monotonic() - self._quiet_since
         if silent > self._timeout and self.exchange.running:
-            model = self.exchange.lease.model.id
+            model = self.exchange.model_id
             if self.exchange.ring.taken:
                 message = f"model {model} sent nothing for {self._timeout:g} s"
                 self.exchange.failure = ApiError(500, message)
@@ -228,46 +225,51 @@ async def _send_json(
 
 
 class SessionResponse(FollowingResponse):
-    """Follows a conversation session's ring from `offset`; a leaving client stops nothing."""
+    """Follows a conversation session's ring from `offset`; a leaving client stops nothing.
+    With a `clock`, it answers the request that started the session: its head comes from the
+    worker (a JSON answer, or a stream)."""
 
-    def __init__(self, session: Session, offset: int, original: bool) -> None:
+    def __init__(
+        self, watch: RingWatch, ring: Ring, offset: int, clock: RequestClock | None = None
+    ) -> None:
         super().__init__()
-        self.session = session
+        self._watch = watch
+        self.ring = ring
         self.offset = offset
-        self.original = original  # the POST that started it: its head comes from the worker
+        self._clock = clock
+        self._waker = watch.follow(ring)
 
     def _client_left(self) -> None:
-        self.session.waker.wake()
+        self._waker.wake()
+
+    def _finished(self) -> None:
+        self._watch.unfollow(self.ring)
+        self.ring.close()
 
     async def _respond(self, send: Send) -> None:
-        session, ring = self.session, self.session.ring
-        if self.original:
-            try:
-                await asyncio.shield(session.sent)
-            except ApiError as error:
-                await _send_json(send, error.status, error.json())
-                return
+        ring, clock = self.ring, self._clock
+        if clock is not None:
             while ring.write_pos == 0 and ring.state is RingState.RUNNING and not self._gone:
-                await session.waker.wait()
-            timing = session.clock.server_timing(ring.first_byte_ns)
+                await self._waker.wait()
+            timing = clock.server_timing(ring.first_byte_ns)
             if ring.media is Media.JSON:
                 body = b"".join([data async for data in self._follow()])
                 await _send_json(send, ring.status, body, [timing])
                 return
             headers = [*SSE_HEADERS, timing]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            session.clock.streaming()
+            clock.streaming()
         else:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         async for data in self._follow():
             await send({"type": "http.response.body", "body": data, "more_body": True})
-            if self.original:
-                session.clock.relayed(data)
+            if clock is not None:
+                clock.relayed(data)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _follow(self) -> AsyncIterator[bytes]:
-        session, ring = self.session, self.session.ring
-        while not self._gone and not session.closed:
+        ring = self.ring
+        while not self._gone:
             try:
                 data = ring.read(self.offset, READ_LIMIT)
             except OffsetLost:
@@ -280,7 +282,7 @@ class SessionResponse(FollowingResponse):
                 if ring.write_pos == self.offset:
                     return
             else:
-                await session.waker.wait()
+                await self._waker.wait()
 
 
 class EventsResponse(FollowingResponse):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from router import hub, single_model
 from router.bundled import bundled_models
@@ -11,12 +13,18 @@ from router.catalog import FoundFiles, ModelSpec, build_catalog
 from router.config import RouterConfig
 from router.downloads import Downloads
 from router.events import EventHub
-from router.metrics import RouterMetrics, StateCollector, model_view
+from router.metrics import RouterMetrics, StateCollector, model_view, share_between_processes
 from router.presets import PresetError, Presets, load_presets
-from router.relay import Relay
+from router.relay import Dispatch
 from router.streams import Streams
 from router.supervisor import Model, Supervisor, check_startup
 from workers.errors import ApiError
+from workers.ring import sweep_stale_segments
+
+if TYPE_CHECKING:
+    from router.http_processes import HttpProcesses
+
+log = logging.getLogger("llama-router")
 
 
 @dataclass
@@ -25,19 +33,39 @@ class RouterState:
     presets: Presets
     bundled: list[FoundFiles]
     supervisor: Supervisor
-    relay: Relay
+    dispatch: Dispatch
     streams: Streams
     events: EventHub
     downloads: Downloads
     metrics: RouterMetrics
+    http_processes: HttpProcesses | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    _cleanups: set[asyncio.Task[None]] = field(default_factory=set)
 
     def stop_generations(self) -> None:
-        """Shutting down: end every generation, so that every open stream closes."""
+        """Shutting down: end every generation, so that every open stream closes, and ask the
+        other HTTP processes to finish."""
         self.streams.stop_all()
-        self.relay.cancel_all()
+        self.dispatch.cancel_all()
         self.downloads.shutdown()
         self.events.close()
+        if self.http_processes is not None:
+            self.http_processes.stop_soon()
+
+    def forget_http_process(self, pid: int) -> None:
+        """An HTTP process died: end the generations it was serving (their models are free at
+        once); once their workers let go, unmap its rings and remove them."""
+        finished = self.dispatch.cancel_from(pid)
+
+        async def clean_up() -> None:
+            await asyncio.gather(*finished, return_exceptions=True)
+            self.dispatch.forget(pid)
+            removed = sweep_stale_segments()
+            log.info("removed %d shared-memory segments of HTTP process %d", len(removed), pid)
+
+        task = asyncio.get_running_loop().create_task(clean_up())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
 
 def reload_catalog(state: RouterState) -> None:
@@ -110,12 +138,18 @@ def build_state(config: RouterConfig) -> RouterState:
         bundled = bundled_models(config.cache_dir)
     specs = catalog(config, presets, bundled)
     check_startup(specs, config)
-    metrics = RouterMetrics()
-    relay = Relay(config.response_buffer_bytes, release=lambda lease: supervisor.release(lease))
+    shared = config.http_workers > 1  # every HTTP process counts its requests
+    metrics = RouterMetrics(share_between_processes() if shared else None)
+    dispatch = Dispatch(release=lambda lease: supervisor.release(lease))
     supervisor = Supervisor(
-        config, specs, on_wrote=relay.wake, on_worker_gone=relay.worker_gone, metrics=metrics
+        config,
+        specs,
+        on_ended=dispatch.ended,
+        on_worker_gone=dispatch.worker_gone,
+        metrics=metrics,
+        settle_finished=dispatch.settle_finished,
     )
-    streams = Streams(supervisor, relay, config.stream_buffer_bytes, config.stream_ttl_seconds)
+    streams = Streams(supervisor, dispatch, config.stream_buffer_bytes, config.stream_ttl_seconds)
     events = EventHub()
     supervisor.subscribe(events.publish)
     downloads = Downloads(events.publish, metrics.download_bytes.inc)
@@ -123,9 +157,10 @@ def build_state(config: RouterConfig) -> RouterState:
         StateCollector(
             models=lambda: [model_view(model) for model in supervisor.models.values()],
             sessions=streams.held,
-            http_processes=lambda: 1,
+            http_processes=lambda: state.http_processes.count if state.http_processes else 1,
         )
     )
-    return RouterState(
-        config, presets, bundled, supervisor, relay, streams, events, downloads, metrics
+    state = RouterState(
+        config, presets, bundled, supervisor, dispatch, streams, events, downloads, metrics
     )
+    return state

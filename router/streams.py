@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.metrics import RequestClock
-from router.relay import Exchange, Relay, Waker, new_segment_name
+from router.exchanges import new_segment_name
+from router.relay import Dispatch, Dispatched
 from router.supervisor import Model, Supervisor
 from workers.errors import ApiError
 from workers.ring import Ring, RingState
@@ -24,6 +24,8 @@ from workers.session_index import MAX_ID_BYTES, SessionEntry, SessionIndex, Sess
 log = logging.getLogger("llama-router")
 
 _GC_SECONDS = 5.0
+# A worker that exits is reaped within a turn of the loop; then its model loads again.
+RESEND_PAUSE = 0.05
 
 
 @dataclass(eq=False)
@@ -32,12 +34,11 @@ class Session:
     slot: int
     ring: Ring
     model: Model
-    clock: RequestClock
     started_ns: int = field(default_factory=time.time_ns)
     state: SessionState = SessionState.PENDING
     completed_ns: int = 0
-    waker: Waker = field(default_factory=Waker)
-    exchange: Exchange | None = None
+    dispatched: Dispatched | None = None
+    waited: float = 0.0  # seconds it waited for its model
     sent: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -75,10 +76,15 @@ def check_conversation_id(value: str) -> str:
 
 class Streams:
     def __init__(
-        self, supervisor: Supervisor, relay: Relay, ring_bytes: int, ttl: float, slots: int = 4096
+        self,
+        supervisor: Supervisor,
+        dispatch: Dispatch,
+        ring_bytes: int,
+        ttl: float,
+        slots: int = 4096,
     ) -> None:
         self._supervisor = supervisor
-        self._relay = relay
+        self._dispatch = dispatch
         self._ring_bytes = ring_bytes
         self._ttl_ns = int(ttl * 1e9)
         self.index = SessionIndex.create(index_name(os.getpid()), slots)
@@ -99,7 +105,6 @@ class Streams:
         route: str,
         body: bytes,
         autoload: bool,
-        clock: RequestClock,
     ) -> Session:
         check_conversation_id(conversation_id)
         self.delete(conversation_id)
@@ -108,7 +113,7 @@ class Streams:
         if not self._free_slots:
             raise ApiError(503, "too many live conversation sessions, try again later")
         ring = Ring.create(new_segment_name(), self._ring_bytes, backpressure=False)
-        session = Session(conversation_id, self._free_slots.pop(), ring, model, clock)
+        session = Session(conversation_id, self._free_slots.pop(), ring, model)
         self._sessions[conversation_id] = session
         self._publish(session)
         session.task = asyncio.get_running_loop().create_task(
@@ -119,32 +124,31 @@ class Streams:
         return session
 
     async def _run(self, session: Session, route: str, body: bytes, autoload: bool) -> None:
-        try:
-            lease = await self._supervisor.acquire(session.model, autoload)
-        except asyncio.CancelledError:
-            return  # delete() cancelled it, and has retired the session
-        except ApiError as error:
-            session.sent.set_exception(error)
-            self._retire(session)
-            return
-        exchange = self._relay.send(
-            lease, route, body, ring=session.ring, event_ids=True, waker=session.waker
-        )
-        session.exchange = exchange
-        session.clock.sent(lease.waited)
+        while session.dispatched is None:
+            try:
+                lease = await self._supervisor.acquire(session.model, autoload)
+            except asyncio.CancelledError:
+                return  # delete() cancelled it, and has retired the session
+            except ApiError as error:
+                session.sent.set_exception(error)
+                self._retire(session)
+                return
+            session.waited = lease.waited
+            session.dispatched = self._dispatch.send(
+                lease, route, body, ring=session.ring, event_ids=True
+            )
+            if session.dispatched is None:  # its worker just went: wait for the next
+                await asyncio.sleep(RESEND_PAUSE)
         session.state = SessionState.LIVE
         self._publish(session)
         session.sent.set_result(None)
-        while not exchange.let_go:
-            await session.waker.wait()
-        self._relay.settle(exchange)
+        gone = await session.dispatched.finished
         if session.ring.state is RingState.RUNNING:  # the worker died mid-answer
-            failure = exchange.failure or ApiError(500, "the model's worker exited")
+            failure = gone.error if gone else ApiError(500, "the model's worker exited")
             session.ring.write(failure.sse())
             session.ring.finish(RingState.FAILED)
         session.state = SessionState.DONE
         session.completed_ns = session.ring.ended_ns or time.time_ns()
-        session.waker.wake()
         if session.retired:
             self._destroy(session)
         else:
@@ -157,7 +161,7 @@ class Streams:
         session = self._sessions.get(conversation_id)
         if session is None:
             return
-        if session.exchange is None and session.task is not None:
+        if session.dispatched is None and session.task is not None:
             session.task.cancel()
         elif session.ring.state is RingState.RUNNING:
             session.ring.cancel()
@@ -170,12 +174,11 @@ class Streams:
             self.index.clear(session.slot)
             self._free_slots.append(session.slot)
         session.retired = True
-        session.waker.wake()
         if not session.sent.done():  # stopped while it waited for its model
             session.sent.set_exception(
                 ApiError(400, "request cancelled by a stop while the model was loading")
             )
-        if session.exchange is None or session.state is SessionState.DONE:
+        if session.dispatched is None or session.state is SessionState.DONE:
             self._destroy(session)
 
     def _destroy(self, session: Session) -> None:
@@ -184,7 +187,6 @@ class Streams:
         if session.ring.state is RingState.RUNNING:
             session.ring.finish(RingState.FAILED)
         session.closed = True
-        session.waker.wake()
         session.ring.close()
         session.ring.unlink()
 

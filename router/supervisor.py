@@ -43,6 +43,7 @@ from router.processes import SpareWorkers, WorkerProcess, apply_poll
 from workers.cores import CoreTable
 from workers.errors import ApiError
 from workers.protocol import (
+    Ended,
     Event,
     Exit,
     LoadFailed,
@@ -53,7 +54,6 @@ from workers.protocol import (
     Slept,
     Wake,
     Woke,
-    Wrote,
 )
 
 log = logging.getLogger("llama-router")
@@ -218,9 +218,10 @@ class Supervisor:
         self,
         config: RouterConfig,
         specs: dict[str, ModelSpec],
-        on_wrote: Callable[[int], None],
+        on_ended: Callable[[int], None],
         on_worker_gone: Callable[[WorkerProcess], None],
         metrics: RouterMetrics,
+        settle_finished: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -228,7 +229,10 @@ class Supervisor:
         self.names: dict[str, str] = {}
         self._rebuild_names()
         self.queue: deque[Model] = deque()
-        self._on_wrote = on_wrote
+        self._on_ended = on_ended
+        # A client may have its whole answer (and ask for the next thing) before its worker's
+        # `Ended` arrives: choosing a victim first counts the requests whose rings are done.
+        self._settle_finished = settle_finished
         self._on_worker_gone = on_worker_gone
         self._publishers: list[Publisher] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -355,6 +359,7 @@ class Supervisor:
         if model.status.running:
             raise ApiError(400, "model is already running")
         self._refuse_if_unloadable(model)
+        self._settle_finished()
         if self._slot_free():
             self._start(model)
             return
@@ -416,6 +421,7 @@ class Supervisor:
                 continue
             if any(model.status is Status.STOPPING for model in self.models.values()):
                 return  # a slot is already on its way
+            self._settle_finished()
             queued = {model.id for model in self.queue}
             victim = pick_victim(self.models.values(), queued)
             if victim is not None:
@@ -518,8 +524,8 @@ class Supervisor:
 
     def _on_event(self, model: Model, worker: WorkerProcess, event: Event) -> None:
         match event:
-            case Wrote():
-                self._on_wrote(event.request_id)
+            case Ended():
+                self._on_ended(event.request_id)
             case _ if model.worker is not worker:
                 return
             case Loading():

@@ -15,7 +15,6 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from router.metrics import RequestClock, RouterMetrics
 from router.streams import Streams
 from tests.server import RouterProcess, segments_of
 from tests.test_scheduling import Call, busy
@@ -287,8 +286,7 @@ def test_a_session_stopped_while_waiting_answers_its_post(started: bool) -> None
     async def scenario() -> None:
         streams = Streams(NeverLoads(), None, 4096, 300, slots=4)  # type: ignore[arg-type]
         try:
-            clock = RequestClock(RouterMetrics(), "model", 0)
-            session = streams.start("conv", None, "/completion", b"{}", True, clock)  # type: ignore[arg-type]
+            session = streams.start("conv", None, "/completion", b"{}", True)  # type: ignore[arg-type]
             if started:
                 await asyncio.sleep(0.05)
             streams.delete("conv")

@@ -5,8 +5,9 @@ advances all their generations together. Commands other than requests wait until
 before them is done, as they would on a worker that served one request at a time.
 
 Responses never travel back on the pipe: the worker writes the exact response bytes into the
-request's shared-memory ring and only sends a small `Wrote` note so readers wake up, at most
-one per request every few milliseconds.
+request's shared-memory ring and sends a small note (workers/notes.py) straight to the HTTP
+processes that follow the ring, at most one per request every few milliseconds. The pipe only
+hears that a request `Ended`, for the supervisor to count the model free again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing import parent_process
 from multiprocessing.connection import Connection, wait
 from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING
@@ -27,10 +27,13 @@ from typing import TYPE_CHECKING
 from workers.cores import WorkerCores
 from workers.engine_counters import EngineCounters, Figure
 from workers.errors import ApiError
+from workers.notes import NoteSender
+from workers.parent import exit_with_parent
 from workers.protocol import (
     EXIT_LOAD_FAILED,
     Command,
     CommandCodec,
+    Ended,
     Event,
     EventCodec,
     Exit,
@@ -47,7 +50,6 @@ from workers.protocol import (
     SlotAnswer,
     Wake,
     Woke,
-    Wrote,
 )
 from workers.ring import AttachedRings, Cancelled, Media, Ring, RingState
 
@@ -75,7 +77,7 @@ def run(
     every worker, `cell` this worker's place in it (workers/cores.py); `figures` its engine
     counters (workers/engine_counters.py)."""
     os.setpgrp()  # one group per worker, so the router can signal the worker and its children
-    _exit_with_parent()
+    exit_with_parent()
     commands, events = CommandCodec(), EventCodec()
     import workers.engines.llama_cpp  # noqa: F401  (the slow import, done before it is needed)
 
@@ -161,7 +163,7 @@ def _serve(
 ) -> bool:
     """Serve one model until told to stop; True when the process should wait for another."""
     wakeup = _Wakeup()
-    notes = Notes(send, wakeup)
+    notes = Notes(send, wakeup, NoteSender(os.getppid()))
     requests = _Requests(engine, rings, notes, wakeup)
     control: Command | None = None  # waits for the requests that came before it
     try:
@@ -201,6 +203,7 @@ def _serve(
             if not requests.running:
                 beat()  # the decoder beats while requests run: a stuck decode stays silent
     finally:
+        notes.close()
         wakeup.close()
 
 
@@ -268,51 +271,68 @@ class Heartbeat:
 
 
 class Notes:
-    """`Wrote` notes to the router: at once for a request's first bytes and its end, otherwise
-    at most one per request every NOTE_SECONDS; the main thread sends those held back."""
+    """Wake-up notes to a ring's readers: at once for a request's first bytes and its end,
+    otherwise at most one per request every NOTE_SECONDS; the main thread sends those held
+    back. The end is also told to the supervisor, over the pipe."""
 
-    def __init__(self, send: Callable[[Event], None], wakeup: Callable[[], None]) -> None:
+    def __init__(
+        self, send: Callable[[Event], None], wakeup: Callable[[], None], sender: NoteSender
+    ) -> None:
         self._send = send
         self._wakeup = wakeup
+        self._sender = sender
         self._lock = threading.Lock()
         self._sent: dict[int, float] = {}
-        self.held: set[int] = set()
+        self.held: dict[int, Ring] = {}
 
-    def wrote(self, request_id: int) -> None:
+    def wrote(self, request_id: int, ring: Ring) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._sent.get(request_id, 0.0) < NOTE_SECONDS:
                 first_held = not self.held
-                self.held.add(request_id)
+                self.held[request_id] = ring
                 if first_held:
                     self._wakeup()  # the main thread may be in a long wait
                 return
             self._sent[request_id] = now
-            self.held.discard(request_id)
-        self._send(Wrote(request_id))
+            self.held.pop(request_id, None)
+        self._notify(ring)
 
-    def done(self, request_id: int) -> None:
+    def done(self, request_id: int, ring: Ring | None) -> None:
         with self._lock:
             self._sent.pop(request_id, None)
-            self.held.discard(request_id)
-        self._send(Wrote(request_id))
+            self.held.pop(request_id, None)
+        if ring is not None:
+            self._notify(ring)
+        self._send(Ended(request_id))
 
     def flush(self) -> None:
         now = time.monotonic()
         with self._lock:
-            due = [rid for rid in self.held if now - self._sent.get(rid, 0.0) >= NOTE_SECONDS]
-            for request_id in due:
+            due = [
+                (request_id, ring)
+                for request_id, ring in self.held.items()
+                if now - self._sent.get(request_id, 0.0) >= NOTE_SECONDS
+            ]
+            for request_id, _ in due:
                 self._sent[request_id] = now
-                self.held.discard(request_id)
-        for request_id in due:
-            self._send(Wrote(request_id))
+                del self.held[request_id]
+        for _, ring in due:
+            self._notify(ring)
+
+    def _notify(self, ring: Ring) -> None:
+        self._sender.send(ring.reader_processes(), ring.key)
+
+    def close(self) -> None:
+        self._sender.close()
 
 
 def serve(engine: LlamaEngine, rings: AttachedRings, request: Infer, notes: Notes) -> None:
     try:
         ring = rings.get(request.ring) if request.pooled else Ring.attach(request.ring)
     except FileNotFoundError:
-        return  # the ring is gone: the router stopped caring about this request
+        notes.done(request.request_id, None)  # the ring is gone: nobody waits for the answer
+        return
     started = False
     ring.take()
     try:
@@ -333,7 +353,7 @@ def serve(engine: LlamaEngine, rings: AttachedRings, request: Infer, notes: Note
                 ring.begin(200, Media.EVENT_STREAM)
                 started = True
             ring.write(with_event_id(event, ring.write_pos) if request.event_ids else event)
-            notes.wrote(request.request_id)
+            notes.wrote(request.request_id, ring)
     except Cancelled:
         pass
     except ApiError as error:
@@ -342,7 +362,7 @@ def serve(engine: LlamaEngine, rings: AttachedRings, request: Infer, notes: Note
         _write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
     finally:
         ring.finish(RingState.DONE)
-        notes.done(request.request_id)
+        notes.done(request.request_id, ring)
         if not request.pooled:
             ring.close()
 
@@ -363,16 +383,3 @@ def _write_error(ring: Ring, error: ApiError, started: bool) -> None:
     else:
         ring.begin(error.status, Media.JSON)
         ring.write(error.json())
-
-
-def _exit_with_parent() -> None:
-    """Die with the router, even when it was SIGKILLed and could not tell us."""
-    parent = parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -129,8 +129,8 @@ class LoadFailed(_Message, tag="load_failed", frozen=True):
     message: str
 
 
-class Wrote(_Message, tag="wrote", frozen=True):
-    """New bytes (or the end) are in the ring of `request_id`."""
+class Ended(_Message, tag="ended", frozen=True):
+    """The worker is done with the ring of `request_id`: the answer is whole, or cut short."""
 
     request_id: int
 
@@ -153,7 +153,7 @@ class SlotAnswer(_Message, tag="slot_answer", frozen=True):
     body: bytes  # JSON: the answer, or an error body
 
 
-Event = Loading | Ready | LoadFailed | Wrote | Released | Slept | Woke | SlotAnswer
+Event = Loading | Ready | LoadFailed | Ended | Released | Slept | Woke | SlotAnswer
 
 
 class CommandCodec:

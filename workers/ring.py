@@ -18,11 +18,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing import resource_tracker, shared_memory
 
-MAGIC = 0x4C4C52494E4731  # "LLRING1"
-HEADER_BYTES = 128
+import psutil
+
+MAGIC = 0x4C4C52494E4732  # "LLRING2"
+# HTTP processes that may follow one ring; each has one word of the header (see `follow`).
+MAX_READER_PROCESSES = 64
+_READERS = 16
+HEADER_BYTES = (_READERS + MAX_READER_PROCESSES) * 8
 
 _MAGIC, _CAPACITY, _WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _FLAGS = range(8)
-_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS = range(8, 14)
+_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS, _KEY = range(8, 15)
 
 # what one request leaves in the header of a pooled ring
 _PER_REQUEST = (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS)
@@ -57,6 +62,12 @@ class Cancelled(Exception):
 
 def segment_name(owner_pid: int, serial: int) -> str:
     return f"{SEGMENT_PREFIX}{owner_pid}_{serial}"
+
+
+def ring_key(name: str) -> int:
+    """A number naming a ring of ours among every ring alive: its owner's pid and serial."""
+    pid, _, serial = name[len(SEGMENT_PREFIX) :].partition("_")
+    return int(pid) << 32 | int(serial)
 
 
 def owner_of(name: str) -> int | None:
@@ -101,7 +112,8 @@ class Ring:
 
     @classmethod
     def create(cls, name: str, capacity: int, backpressure: bool = False) -> Ring:
-        """Create and own a ring; only the owner unlinks it."""
+        """Create and own a ring; only the owner unlinks it. Its key, the pid and serial of its
+        name, is how a wake-up note names it (workers/notes.py)."""
         segment = shared_memory.SharedMemory(name=name, create=True, size=HEADER_BYTES + capacity)
         buf = segment.buf
         assert buf is not None
@@ -110,6 +122,7 @@ class Ring:
         words[_FLAGS] = _FLAG_BACKPRESSURE if backpressure else 0
         words[_STATUS] = 200
         words[_STARTED_NS] = time.time_ns()
+        words[_KEY] = ring_key(name)
         words[_MAGIC] = MAGIC
         words.release()
         return cls(segment, owner=True)
@@ -123,6 +136,10 @@ class Ring:
         return self._segment.name
 
     # --- header -------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> int:
+        return self._words[_KEY]
 
     @property
     def write_pos(self) -> int:
@@ -189,6 +206,17 @@ class Ring:
             self._words[word] = 0
         self._words[_STATUS] = 200
         self._words[_STARTED_NS] = time.time_ns()
+
+    def follow(self, process: int, readers: int) -> None:
+        """HTTP process number `process` now has `readers` readers of this ring waiting for its
+        bytes: while it has any, the writer sends it a note when bytes or the end arrive. Each
+        process writes only its own word, so no two processes race on one."""
+        self._words[_READERS + process] = readers
+
+    def reader_processes(self) -> list[int]:
+        """The HTTP processes to notify of new bytes."""
+        words = self._words[_READERS:].tolist()
+        return [process for process, readers in enumerate(words) if readers]
 
     def ack(self, offset: int) -> None:
         """The primary reader has consumed everything before `offset` (used for backpressure)."""
@@ -267,6 +295,11 @@ class AttachedRings:
         self._rings[name] = ring
         return ring
 
+    def forget(self, owner_pid: int) -> None:
+        """Unmap the rings of a process that is gone: they will never be used again."""
+        for name in [name for name in self._rings if owner_of(name) == owner_pid]:
+            self._rings.pop(name).close()
+
 
 def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     """Unlink ring segments whose owning router is gone; other programs' segments are untouched."""
@@ -277,7 +310,7 @@ def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
         return removed
     for name in names:
         pid = owner_of(name)
-        if pid is None or pid == os.getpid() or _alive(pid):
+        if pid is None or pid == os.getpid() or process_alive(pid):
             continue
         try:
             os.unlink(os.path.join(shm_dir, name))
@@ -287,11 +320,11 @@ def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (dead, its parent gone too, not yet reaped) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True

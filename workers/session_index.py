@@ -24,6 +24,7 @@ MAX_ID_BYTES = 768
 MAX_RING_NAME = 96
 _SLOT_HEAD = struct.Struct("=QQQQQQ")  # seq, state, started_ns, completed_ns, id_len, ring_len
 _RETRIES = 1000
+_ID_LEN_WORD = 4  # id_len's place among a slot's head words
 
 
 class SessionState(enum.IntEnum):
@@ -127,10 +128,22 @@ class SessionIndex:
         return [entry for slot in range(self.slots) if (entry := self.read(slot)) is not None]
 
     def find(self, conversation_id: str) -> SessionEntry | None:
-        for entry in self.entries():
-            if entry.conversation_id == conversation_id:
+        """Every HTTP process looks a session up here on each replay: the slots' id lengths
+        are read in one strided pass, and only slots whose id is as long are read whole."""
+        wanted = len(conversation_id.encode())
+        for slot in self._slots_with_id_length(wanted):
+            entry = self.read(slot)
+            if entry is not None and entry.conversation_id == conversation_id:
                 return entry
         return None
+
+    def _slots_with_id_length(self, length: int) -> list[int]:
+        words = self._buf[HEADER_BYTES : HEADER_BYTES + self.slots * SLOT_BYTES].cast("Q")
+        try:
+            lengths = words[_ID_LEN_WORD :: SLOT_BYTES // 8].tolist()
+        finally:
+            words.release()
+        return [slot for slot, found in enumerate(lengths) if found == length]
 
     # --- lifetime -------------------------------------------------------------------------------
 

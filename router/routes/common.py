@@ -11,6 +11,7 @@ from starlette.responses import Response
 from workers.errors import ApiError
 
 if TYPE_CHECKING:
+    from router.http_state import HttpState
     from router.state import RouterState
 
 JSON = "application/json"
@@ -18,12 +19,17 @@ SUCCESS = b'{"success":true}'
 
 
 def router_state(request: Request) -> RouterState:
+    """The supervisor's side: only routes served in the main process use it."""
     return request.app.state.router
+
+
+def http_state(request: Request) -> HttpState:
+    return request.app.state.http
 
 
 async def read_body(request: Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes the configured cap."""
-    limit = router_state(request).config.max_body_bytes
+    limit = http_state(request).config.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is larger than {limit} bytes")

@@ -1,8 +1,8 @@
-"""Inference routes: validate, find the model, wait for it, and relay the worker's answer."""
+"""Inference routes: validate, have the supervisor admit the request to its model, and relay
+the worker's answer from the ring."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router.exchanges import Exchange
+from router.messages import Admission
 from router.metrics import RequestClock
-from router.relay import Exchange, Relay
 from router.responses import RingResponse, SessionResponse, unless
-from router.routes.common import query_flag, read_body, router_state
-from router.state import RouterState, model_for_request, with_files
-from router.supervisor import Lease, Model
+from router.routes.common import http_state, query_flag, read_body
 from workers.errors import ApiError
+from workers.ring import Ring
 from workers.schema import BODY_TYPES, decode_body
 
 T = TypeVar("T")
@@ -32,50 +32,42 @@ async def infer(request: Request) -> Any:
     body = await read_body(request)
     arrived_ns = time.monotonic_ns()  # the client's upload is not the router's cost
     name: str | None = decode_body(body, BODY_TYPES[route]).model
-    state = router_state(request)
-    model = model_for_request(state, name)
-    if model is None and not name:
-        raise ApiError(400, "model name is missing from the request")
-    if model is None:
-        raise ApiError(400, f"model '{name}' not found")
-    autoload = query_flag(request, "autoload", state.config.models_autoload)
-    if autoload:
-        model = await with_files(state, model)
-    clock = RequestClock(state.metrics, model.id, arrived_ns)
+    http = http_state(request)
+    config = http.config
+    autoload = query_flag(request, "autoload", config.models_autoload)
     conversation_id = request.headers.get("x-conversation-id")
     if conversation_id:  # an empty id asks for no session, as in llama-server
-        session = state.streams.start(conversation_id, model, route, body, autoload, clock)
-        return SessionResponse(session, 0, original=True)
-    deadline = time.monotonic() + state.config.timeout
+        admission = Admission(route, name, body, autoload, config.timeout, conversation_id)
+        ticket = await http.control.start_session(admission)
+        clock = RequestClock(http.metrics, ticket.model_id, arrived_ns)
+        clock.sent(ticket.waited)
+        try:
+            ring = Ring.attach(ticket.ring)
+        except FileNotFoundError:
+            raise ApiError(404, "Stream not found or expired") from None
+        return SessionResponse(http.exchanges.watch, ring, 0, clock)
+    deadline = time.monotonic() + config.timeout
+
+    async def admitted() -> Exchange:
+        """The request in its model's worker; waits (a resend's included) end at --timeout."""
+        left = max(0.0, deadline - time.monotonic())
+        exchange = http.exchanges.open()
+        try:
+            admission = Admission(route, name, body, autoload, left)
+            ticket = await http.control.admit(admission, exchange)
+        except BaseException:
+            http.exchanges.close(exchange)
+            raise
+        exchange.model_id, exchange.waited = ticket.model_id, ticket.waited
+        return exchange
+
     try:
-        lease = await until_disconnect(request, _acquire(state, model, autoload, deadline))
+        exchange = await until_disconnect(request, admitted())
     except ClientGone:
         return Response(status_code=499)
-
-    async def resend() -> Exchange:
-        return _send(state.relay, await _acquire(state, model, autoload, deadline), route, body)
-
-    exchange = _send(state.relay, lease, route, body)
-    clock.sent(lease.waited)
-    return RingResponse(exchange, state.relay.close, state.config.timeout, resend, clock)
-
-
-async def _acquire(state: RouterState, model: Model, autoload: bool, deadline: float) -> Lease:
-    """The model, loaded and leased; waits (a resend's included) end at --timeout with a 503."""
-    try:
-        left = max(0.0, deadline - time.monotonic())
-        return await asyncio.wait_for(state.supervisor.acquire(model, autoload), left)
-    except TimeoutError as error:
-        message = f"model {model.id} was not available within {state.config.timeout:g} s"
-        raise ApiError(503, message) from error
-
-
-def _send(relay: Relay, lease: Lease, route: str, body: bytes) -> Exchange:
-    try:
-        return relay.send(lease, route, body)
-    except BaseException:
-        relay.release_lease(lease)
-        raise
+    clock = RequestClock(http.metrics, exchange.model_id, arrived_ns)
+    clock.sent(exchange.waited)
+    return RingResponse(exchange, http.exchanges.close, config.timeout, admitted, clock)
 
 
 async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:

@@ -14,7 +14,7 @@ from router.catalog import ModelSpec
 from router.downloads import Download
 from router.flags import command_line
 from router.responses import EventsResponse
-from router.routes.common import json_response, read_body, router_state, success
+from router.routes.common import http_state, json_response, read_body, router_state, success
 from router.state import find_model, reload_catalog, with_files
 from router.supervisor import Model, Status, load_progress
 from workers.errors import ApiError
@@ -133,7 +133,7 @@ async def unload_model(request: Request) -> Response:
 
 
 async def model_events(request: Request) -> EventsResponse:
-    return EventsResponse(router_state(request).events)
+    return EventsResponse(http_state(request).events)
 
 
 routes = [

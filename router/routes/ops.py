@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from router.supervisor import Model, Status
 from workers.errors import ApiError
 
 HEALTHY = b'{"status":"ok"}'
+_PID_HEADER = {"X-Llama-Router-Pid": str(os.getpid())}
 
 
 def build_info() -> str:
@@ -26,7 +28,8 @@ def build_info() -> str:
 
 
 async def health(request: Request) -> Response:
-    return Response(HEALTHY, media_type="application/json")
+    # which HTTP process answered: a connection stays with the process that accepted it
+    return Response(HEALTHY, media_type="application/json", headers=_PID_HEADER)
 
 
 async def props(request: Request) -> Response:
@@ -47,6 +50,7 @@ async def props(request: Request) -> Response:
             "ui_settings": {},
             "build_info": build_info(),
             "cors_proxy_enabled": False,
+            "http_processes": _http_pids(request),
             "unapplied_flags": [f"--{name}" for name in config.unapplied_flags],
             # --threads, and what is left of it for the models after other programs' load
             "cores": {
@@ -55,6 +59,11 @@ async def props(request: Request) -> Response:
             },
         }
     )
+
+
+def _http_pids(request: Request) -> list[int]:
+    processes = router_state(request).http_processes
+    return processes.pids() if processes is not None else [os.getpid()]
 
 
 async def model_props(request: Request, name: str) -> Response:

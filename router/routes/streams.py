@@ -8,9 +8,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.responses import SessionResponse
-from router.routes.common import json_response, read_body, router_state
+from router.routes.common import http_state, json_response, read_body, router_state
 from router.streams import check_conversation_id
 from workers.errors import ApiError
+from workers.ring import Ring
 from workers.schema import decode_body
 from workers.session_index import SessionState
 
@@ -27,18 +28,27 @@ def _offset(request: Request) -> int:
 
 
 async def follow_stream(request: Request) -> SessionResponse:
+    """Served by whichever HTTP process took the request: the session is found in the shared
+    index and read from its ring."""
     conversation_id = check_conversation_id(request.query_params.get("conv_id", ""))
     offset = _offset(request)
-    session = router_state(request).streams.get(conversation_id)
-    if session is None:
+    http = http_state(request)
+    entry = http.sessions.find(conversation_id)
+    if entry is None:
         raise ApiError(404, "Stream not found or expired")
-    if session.state is SessionState.PENDING:
+    if entry.state is SessionState.PENDING:
         raise ApiError(503, "the model of this stream is still loading, retry later")
-    if offset < session.ring.start_pos:
-        raise ApiError(400, "Stream offset lost, please restart")
-    if offset > session.ring.write_pos:
-        raise ApiError(400, "Invalid 'from' offset")
-    return SessionResponse(session, offset, original=False)
+    try:
+        ring = Ring.attach(entry.ring)
+    except FileNotFoundError:
+        raise ApiError(404, "Stream not found or expired") from None
+    if offset < ring.start_pos or offset > ring.write_pos:
+        lost = offset < ring.start_pos
+        ring.close()
+        raise ApiError(
+            400, "Stream offset lost, please restart" if lost else "Invalid 'from' offset"
+        )
+    return SessionResponse(http.exchanges.watch, ring, offset)
 
 
 async def stop_stream(request: Request) -> Response:

@@ -1,0 +1,118 @@
+"""An HTTP process's end of the control channel to the supervisor (router/messages.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import weakref
+from multiprocessing.connection import Connection
+
+from router.events import EventHub
+from router.exchanges import Exchange
+from router.messages import (
+    Admission,
+    Admit,
+    Admitted,
+    Answer,
+    Forward,
+    HttpCodec,
+    Leave,
+    ModelEvent,
+    Refused,
+    RelayedError,
+    Reply,
+    Request,
+    WorkerGone,
+)
+from workers.errors import ApiError
+
+SUPERVISOR_GONE = ApiError(503, "the router is stopping")
+
+
+class RemoteControl:
+    def __init__(self, conn: Connection, events: EventHub) -> None:
+        self._conn = conn
+        self._events = events
+        self._codec = HttpCodec()
+        self._calls = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Reply]] = {}
+        # requests in a worker, told here if it dies first; dropped with their responses
+        self._exchanges: weakref.WeakValueDictionary[int, Exchange] = weakref.WeakValueDictionary()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(conn.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            while self._conn.poll():
+                self._on_reply(self._codec.decode(self._conn.recv_bytes()))
+        except (EOFError, OSError):
+            self._loop.remove_reader(self._conn.fileno())
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(SUPERVISOR_GONE)
+
+    def _on_reply(self, reply: Reply) -> None:
+        match reply:
+            case ModelEvent():
+                self._events.fan_out(reply.line)
+            case WorkerGone():
+                exchange = self._exchanges.pop(reply.call, None)
+                if exchange is not None:
+                    exchange.lost_worker(RelayedError(reply.status, reply.body), reply.orphaned)
+            case Admitted() | Refused() | Answer():
+                exchange = self._exchanges.get(reply.call)
+                if exchange is not None:
+                    if isinstance(reply, Admitted):
+                        exchange.admitted = True
+                        exchange.model_id = reply.model_id
+                    else:
+                        del self._exchanges[reply.call]
+                waiting = self._waiting.pop(reply.call, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(reply)
+                if exchange is not None:
+                    exchange.waker.wake()
+
+    def _ask(self, request: Request, call: int) -> asyncio.Future[Reply]:
+        waiting: asyncio.Future[Reply] = self._loop.create_future()
+        self._waiting[call] = waiting
+        try:
+            self._conn.send_bytes(self._codec.encode(request))
+        except OSError:
+            waiting.set_exception(SUPERVISOR_GONE)
+        return waiting
+
+    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted:
+        call = next(self._calls)
+        self._exchanges[call] = exchange
+        exchange.admitting = self._ask(Admit(call, admission, exchange.ring.name), call)
+        try:
+            reply = await asyncio.shield(exchange.admitting)
+        except asyncio.CancelledError:
+            self._tell(Leave(call))
+            raise
+        return _admitted(reply)
+
+    async def start_session(self, admission: Admission) -> Admitted:
+        call = next(self._calls)
+        return _admitted(await self._ask(Admit(call, admission), call))
+
+    async def forward(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Answer:
+        call = next(self._calls)
+        reply = await self._ask(Forward(call, method, path, query, headers, body), call)
+        assert isinstance(reply, Answer)
+        return reply
+
+    def _tell(self, request: Request) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send_bytes(self._codec.encode(request))
+
+
+def _admitted(reply: Reply) -> Admitted:
+    if isinstance(reply, Refused):
+        raise RelayedError(reply.status, reply.body)
+    assert isinstance(reply, Admitted)
+    return reply

@@ -1,0 +1,198 @@
+"""The supervisor's ends of the control channel: `LocalControl` for the routes of the main
+process, and a `ControlPort` per other HTTP process, reading its pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import MutableMapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from starlette.applications import Starlette
+
+from router.admission import admit, start_session
+from router.exchanges import Exchange
+from router.messages import (
+    Admission,
+    Admit,
+    Admitted,
+    Answer,
+    Forward,
+    Leave,
+    ModelEvent,
+    Refused,
+    Reply,
+    Request,
+    SupervisorCodec,
+    WorkerGone,
+)
+from router.relay import Dispatched, Gone
+from router.state import RouterState
+from workers.errors import ApiError
+
+log = logging.getLogger("llama-router")
+
+
+class LocalControl:
+    """The main process's routes admit their requests with a plain call."""
+
+    def __init__(self, state: RouterState) -> None:
+        self._state = state
+
+    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted:
+        dispatched = await admit(self._state, admission, exchange.ring)
+        exchange.admitted = True
+
+        def finished(future: asyncio.Future[Gone | None]) -> None:
+            gone = future.result()
+            if gone is not None:
+                exchange.lost_worker(gone.error, gone.orphaned)
+
+        dispatched.finished.add_done_callback(finished)
+        return Admitted(0, dispatched.lease.model.id, dispatched.lease.waited)
+
+    async def start_session(self, admission: Admission) -> Admitted:
+        session = await start_session(self._state, admission)
+        return Admitted(0, session.model.id, session.waited, session.ring.name)
+
+
+class ControlPort:
+    """One HTTP process's requests, served in the supervisor's process, and the model events
+    sent back to it."""
+
+    def __init__(self, state: RouterState, app: Starlette, conn: Connection) -> None:
+        self._state = state
+        self._app = app
+        self._conn = conn
+        self._codec = SupervisorCodec()
+        self._loop = asyncio.get_running_loop()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._untap = state.events.tap(self._send_event)
+        self._loop.add_reader(conn.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            while self._conn.poll():
+                self._on_request(self._codec.decode(self._conn.recv_bytes()))
+        except (EOFError, OSError):
+            self.close()
+
+    def _on_request(self, request: Request) -> None:
+        match request:
+            case Admit():
+                self._spawn(request.call, self._admit(request))
+            case Forward():
+                self._spawn(request.call, self._forward(request))
+            case Leave():
+                task = self._tasks.get(request.call)
+                if task is not None:
+                    task.cancel()
+
+    def _spawn(self, call: int, work: Any) -> None:
+        task = self._loop.create_task(work)
+        self._tasks[call] = task
+        task.add_done_callback(lambda _: self._tasks.pop(call, None))
+
+    async def _admit(self, request: Admit) -> None:
+        admission, call = request.admission, request.call
+        reply: Reply
+        try:
+            if admission.conversation_id:
+                session = await start_session(self._state, admission)
+                reply = Admitted(call, session.model.id, session.waited, session.ring.name)
+            else:
+                ring = self._state.dispatch.ring(request.ring)
+                dispatched = await admit(self._state, admission, ring)
+                self._watch(call, dispatched)
+                reply = Admitted(call, dispatched.lease.model.id, dispatched.lease.waited)
+        except ApiError as error:
+            reply = Refused(call, error.status, error.json())
+        except FileNotFoundError:
+            reply = Refused(call, 500, ApiError(500, "response ring is gone").json())
+        except asyncio.CancelledError:  # the client left: its process waits for a last word
+            reply = Refused(call, 499, b"")
+        self._send(reply)
+
+    def _watch(self, call: int, dispatched: Dispatched) -> None:
+        """Tell the HTTP process if the worker dies before the answer is whole."""
+
+        def finished(future: asyncio.Future[Gone | None]) -> None:
+            gone = future.result()
+            if gone is not None:
+                error = gone.error
+                self._send(WorkerGone(call, error.status, error.json(), gone.orphaned))
+
+        dispatched.finished.add_done_callback(finished)
+
+    async def _forward(self, request: Forward) -> None:
+        status, headers, body = await serve_forwarded(self._app, request)
+        self._send(Answer(request.call, status, headers, body))
+
+    def _send_event(self, line: bytes) -> None:
+        self._send(ModelEvent(line))
+
+    def _send(self, reply: Reply) -> None:
+        if self._conn.closed:
+            return
+        try:
+            self._conn.send_bytes(self._codec.encode(reply))
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """The HTTP process is gone: whatever it waited for is dropped."""
+        if self._conn.closed:
+            return
+        self._untap()
+        self._loop.remove_reader(self._conn.fileno())
+        self._conn.close()
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+async def serve_forwarded(
+    app: Starlette, request: Forward
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run a forwarded request through the app's routes, as if it had come in here; the
+    HTTP process that took it has already checked its key and will add its CORS headers."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.path,
+        "raw_path": request.path.encode(),
+        "query_string": request.query,
+        "root_path": "",
+        "headers": request.headers,
+        "client": None,
+        "server": None,
+        "app": app,
+        "state": {},
+        "starlette.exception_handlers": (app.exception_handlers, {}),
+    }
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.Event().wait()  # the client's connection is the other process's
+        return {"type": "http.disconnect"}
+
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    parts: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+
+    await app.router(scope, receive, send)
+    return status, headers, b"".join(parts)

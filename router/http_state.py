@@ -1,0 +1,43 @@
+"""What every HTTP process has, the main one and the others alike: its settings, its rings and
+their wake-ups, the session index to read, the model events for its subscribers, and its
+channel to the supervisor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.config import RouterConfig
+from router.events import EventHub
+from router.exchanges import Exchange, Exchanges
+from router.messages import Admission, Admitted
+from router.metrics import RouterMetrics
+from workers.session_index import SessionIndex
+
+
+class Control(Protocol):
+    """The supervisor, as an HTTP process's routes ask it for models."""
+
+    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted: ...
+
+    async def start_session(self, admission: Admission) -> Admitted: ...
+
+
+@dataclass
+class HttpState:
+    config: RouterConfig
+    events: EventHub
+    exchanges: Exchanges
+    sessions: SessionIndex
+    control: Control
+    metrics: RouterMetrics
+
+    def stop(self) -> None:
+        """Stopping: end the generations this process serves and its event streams."""
+        self.exchanges.cancel_all()
+        self.events.close()
+
+    async def close(self) -> None:
+        await self.exchanges.drain()
+        self.exchanges.close_rings()
+        self.exchanges.watch.close()

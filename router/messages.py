@@ -1,0 +1,139 @@
+"""Typed messages on the pipe between an HTTP process and the supervisor's process.
+
+Only control crosses here: a request asks to be admitted to a model and hears where its answer
+is, or why not; a client that leaves says so; the routes that read or change the model table
+are forwarded whole; model events come back for `/models/sse`. Response bytes never cross: a
+model worker writes them into a ring the HTTP process reads (workers/ring.py), and wakes that
+process itself (workers/notes.py).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from workers.errors import ApiError
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    pass
+
+
+class Admission(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An inference request, as the supervisor needs it to find, load and lease its model."""
+
+    route: str
+    model: str | None
+    body: bytes
+    autoload: bool
+    timeout: float  # how long it may wait for its model
+    conversation_id: str = ""  # a resumable session: its generation belongs to the supervisor
+
+
+# HTTP process -> supervisor
+
+
+class Admit(_Message, tag="admit", frozen=True):
+    """Send `admission` to its model, its answer into `ring` (a session: into the session's)."""
+
+    call: int
+    admission: Admission
+    ring: str = ""
+
+
+class Leave(_Message, tag="leave", frozen=True):
+    """The client of `call` left while it waited: drop its claim on the model."""
+
+    call: int
+
+
+class Forward(_Message, tag="forward", frozen=True):
+    """A request to a route that reads or changes the model table, served by the supervisor."""
+
+    call: int
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+Request = Admit | Leave | Forward
+
+
+# supervisor -> HTTP process
+
+
+class Admitted(_Message, tag="admitted", frozen=True):
+    """The request is in its model's worker. For a session, `ring` is the session's ring."""
+
+    call: int
+    model_id: str
+    waited: float
+    ring: str = ""
+
+
+class Refused(_Message, tag="refused", frozen=True):
+    """The request could not be admitted: an error body for the client."""
+
+    call: int
+    status: int
+    body: bytes
+
+
+class WorkerGone(_Message, tag="worker_gone", frozen=True):
+    """The worker exited before the answer was whole; `orphaned` when it never picked the
+    request up (then it is safe to send again)."""
+
+    call: int
+    status: int
+    body: bytes
+    orphaned: bool
+
+
+class Answer(_Message, tag="answer", frozen=True):
+    """A forwarded route's whole response."""
+
+    call: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class ModelEvent(_Message, tag="model_event", frozen=True):
+    """One `/models/sse` line, for the HTTP process's own subscribers."""
+
+    line: bytes
+
+
+Reply = Admitted | Refused | WorkerGone | Answer | ModelEvent
+
+
+class SupervisorCodec:
+    """The supervisor's end: it reads requests and writes replies."""
+
+    def __init__(self) -> None:
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode = msgspec.msgpack.Decoder(Request).decode
+
+
+class HttpCodec:
+    """An HTTP process's end: it reads replies and writes requests."""
+
+    def __init__(self) -> None:
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode = msgspec.msgpack.Decoder(Reply).decode
+
+
+class RelayedError(ApiError):
+    """An error the supervisor answered, passed on to the client byte for byte."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        try:
+            message = str(msgspec.json.decode(body)["error"]["message"])
+        except (msgspec.DecodeError, KeyError, TypeError):
+            message = body.decode(errors="replace")
+        super().__init__(status, message)
+        self._body = body
+
+    def json(self) -> bytes:
+        return self._body
