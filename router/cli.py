@@ -14,9 +14,10 @@ from types import FrameType
 import uvicorn
 
 from router import single_model
-from router.app import create_app
 from router.config import RouterConfig, default_cache_dir, parse_bool
-from router.downloads import download_with_bars, resolve
+from router.control.app import create_app
+from router.control.downloads import download_with_bars, resolve
+from router.control.state import RouterState
 from router.flags import (
     ENV_NAMES,
     UsageError,
@@ -25,11 +26,10 @@ from router.flags import (
     parse_model_flags,
     unapplied,
 )
-from router.http_process import configure_logging, uvicorn_config
+from router.http.process import configure_logging, uvicorn_config
+from router.http.routes.ops import build_info
 from router.model_settings import model_settings
 from router.presets import PresetError, split_list
-from router.routes.ops import build_info
-from router.state import RouterState
 from workers.cores import physical_cores
 from workers.download import DownloadError
 from workers.errors import ApiError

@@ -35,7 +35,7 @@ from workers.engine_counters import COUNTERS, EngineCounters, Figure
 from workers.ring import process_alive
 
 if TYPE_CHECKING:
-    from router.supervisor import Model
+    from router.control.table import Model
 
 disable_created_metrics()  # `_created` samples only double the page: nobody graphs them
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from router import hf_cache, hub
 from router.catalog import ModelSpec
 from router.config import RouterConfig, parse_bool
-from router.downloads import download_with_bars
+from router.control.downloads import download_with_bars
 from router.hf_presets import HF_FILE, HF_REPO
 from router.presets import split_list
 from workers.download import DownloadError

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from starlette.routing import Route
 
-from router.openapi import OPERATIONS, build_document
+from router.http.openapi import OPERATIONS, build_document
 from tests.server import RouterProcess
 from tests.tinymodels import FIM_TOKENS, write_tiny_llama
 from workers.schema import BODY_TYPES

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from router.streams import Streams
+from router.control.sessions import Streams
 from tests.server import RouterProcess, segments_of
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN

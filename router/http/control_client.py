@@ -9,7 +9,7 @@ import weakref
 from multiprocessing.connection import Connection
 
 from router.events import EventHub
-from router.exchanges import Exchange
+from router.http.exchanges import Exchange
 from router.messages import (
     Admission,
     Admit,

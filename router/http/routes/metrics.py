@@ -7,9 +7,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router import single_model
+from router.http.routes.common import router_state
+from router.http.routes.ops import started_model
 from router.metrics import CONTENT_TYPE, model_view, one_model_page
-from router.routes.common import router_state
-from router.routes.ops import started_model
 from workers.errors import ApiError
 
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from router.processes import WorkerProcess
-from router.supervisor import Lease
+from router.control.processes import WorkerProcess
+from router.control.table import Lease
 from workers.errors import ApiError
 from workers.protocol import Infer
 from workers.ring import AttachedRings, Ring, RingState, owner_of

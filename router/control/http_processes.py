@@ -1,6 +1,6 @@
 """The HTTP processes beside the main one: started with the router on its listening sockets,
 each replaced as soon as it dies, stopped with it. Each talks to the supervisor over its own
-pipe (router/control_port.py); the kernel spreads new connections among them all."""
+pipe (router/control/port.py); the kernel spreads new connections among them all."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from router import http_process
 from router.config import RouterConfig
-from router.control_port import ControlPort
+from router.control.port import ControlPort
+from router.http import process as http_process
 
 log = logging.getLogger("llama-router")
 

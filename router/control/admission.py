@@ -1,18 +1,18 @@
 """Admitting an inference request, in the supervisor's process: find its model (fetching a
 preset's files first), wait for a lease on it, and send it into the model's worker. Requests
 from every HTTP process come through here, the main process's own in a call, the others' as
-messages (router/control_port.py)."""
+messages (router/control/port.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from router.control.dispatch import Dispatched
+from router.control.sessions import RESEND_PAUSE, Session
+from router.control.state import RouterState, model_for_request, with_files
+from router.control.table import Lease, Model
 from router.messages import Admission
-from router.relay import Dispatched
-from router.state import RouterState, model_for_request, with_files
-from router.streams import RESEND_PAUSE, Session
-from router.supervisor import Lease, Model
 from workers.errors import ApiError
 from workers.ring import Ring
 

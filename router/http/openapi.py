@@ -13,11 +13,11 @@ from typing import Any
 import msgspec
 from starlette.routing import BaseRoute, Route
 
-from router.middleware import PUBLIC
-from router.routes.downloads import AddModel
-from router.routes.models import ModelName
-from router.routes.slots import SlotRequest
-from router.routes.streams import LookupRequest
+from router.http.middleware import PUBLIC
+from router.http.routes.downloads import AddModel
+from router.http.routes.models import ModelName
+from router.http.routes.slots import SlotRequest
+from router.http.routes.streams import LookupRequest
 from workers.schema import BODY_TYPES
 
 JsonObject = dict[str, Any]

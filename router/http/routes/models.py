@@ -11,12 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.catalog import ModelSpec
-from router.downloads import Download
+from router.control.downloads import Download
+from router.control.state import find_model, reload_catalog, with_files
+from router.control.table import Model, Status, load_progress
 from router.flags import command_line
-from router.responses import EventsResponse
-from router.routes.common import http_state, json_response, read_body, router_state, success
-from router.state import find_model, reload_catalog, with_files
-from router.supervisor import Model, Status, load_progress
+from router.http.responses import EventsResponse
+from router.http.routes.common import http_state, json_response, read_body, router_state, success
 from workers.errors import ApiError
 from workers.schema import decode_body
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from router.admission import admit, start_session
-from router.exchanges import Exchange
+from router.control.admission import admit, start_session
+from router.control.dispatch import Dispatched, Gone
+from router.control.state import RouterState
+from router.http.exchanges import Exchange
 from router.messages import (
     Admission,
     Admit,
@@ -27,8 +29,6 @@ from router.messages import (
     SupervisorCodec,
     WorkerGone,
 )
-from router.relay import Dispatched, Gone
-from router.state import RouterState
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")

@@ -19,14 +19,12 @@ The rules, in the order the code applies them:
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +33,13 @@ import psutil
 
 from router.catalog import ModelSpec
 from router.config import RouterConfig
-from router.cores import CoreMeter
+from router.control.cores import CoreMeter
+from router.control.policy import Drain, Drop, Evict, Start, Undrain, next_step, pick_victim
+from router.control.processes import SpareWorkers, WorkerProcess, apply_poll
+from router.control.table import Lease, Model, Status, load_progress
 from router.gguf_memory import memory_needed
-from router.metrics import EngineTotals, RouterMetrics
+from router.metrics import RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
-from router.processes import SpareWorkers, WorkerProcess, apply_poll
 from workers.cores import CoreTable
 from workers.errors import ApiError
 from workers.protocol import (
@@ -66,110 +66,7 @@ KEPT_SLOTS_DIR = "slots"
 FAKE_TIMING_SECONDS = 2.0
 
 
-class Status(enum.Enum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    SLEEPING = "sleeping"
-    STOPPING = "stopping"
-
-    @property
-    def running(self) -> bool:
-        return self is not Status.UNLOADED
-
-    @property
-    def public(self) -> str:
-        # A model keeps answering "loaded" until its worker is gone, as llama-server's router does.
-        return "loaded" if self is Status.STOPPING else self.value
-
-
-@dataclass(eq=False)
-class Model:
-    spec: ModelSpec
-    status: Status = Status.UNLOADED
-    worker: WorkerProcess | None = None
-    in_flight: int = 0
-    wanted: int = 0
-    last_used: float = 0.0
-    idle_since: float = 0.0
-    failed: bool = False
-    exit_code: int | None = None
-    load_error: str | None = None
-    failed_loads: int = 0
-    progress: float | None = None
-    info: dict[str, Any] | None = None
-    version: int = 0
-    removed: bool = False
-    # Chosen to give up its slot once its requests are done: takes no new ones meanwhile, so
-    # that a model waiting in the queue cannot starve behind models that never go idle.
-    draining: bool = False
-    load_started: float = 0.0
-    engine: EngineTotals = field(default_factory=EngineTotals)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-    @property
-    def idle(self) -> bool:
-        return self.in_flight == 0 and self.wanted == 0
-
-    async def wait_change(self) -> None:
-        await self.changed.wait()
-
-    def mark_changed(self) -> None:
-        self.version += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-
-@dataclass(eq=False)
-class Lease:
-    """A request's claim on a running model; the model counts as busy until it is released."""
-
-    model: Model
-    worker: WorkerProcess
-    touch: bool
-    released: bool = False
-    waited: float = 0.0  # seconds until the model could take it
-
-
 Publisher = Callable[[str, str, dict[str, Any] | None], None]
-
-
-def load_progress(value: float) -> dict[str, Any]:
-    """llama-server's shape of a load's progress (one stage: the text model)."""
-    return {"stages": ["text_model"], "current": "text_model", "value": value}
-
-
-def pick_victim(models: Iterable[Model], protected: set[str]) -> Model | None:
-    """The least recently used model that may be stopped to free a slot, if any."""
-    candidates = [
-        model
-        for model in models
-        if model.status in (Status.LOADED, Status.SLEEPING)
-        and model.in_flight == 0
-        and (model.wanted == 0 or model.draining)
-        and not model.spec.pin
-        and model.id not in protected
-    ]
-    return min(candidates, key=lambda model: model.last_used, default=None)
-
-
-def pick_drain(models: Iterable[Model], protected: set[str]) -> Model | None:
-    """With every slot busy, the least recently used busy model that should finish and go.
-    One that still owes a first answer to requests that waited for it is left alone."""
-    candidates = [
-        model
-        for model in models
-        if model.status is Status.LOADED
-        and model.in_flight > 0
-        and model.wanted == 0
-        and not model.spec.pin
-        and model.id not in protected
-    ]
-    return min(candidates, key=lambda model: model.last_used, default=None)
 
 
 def unloadable(spec: ModelSpec, room: int) -> str | None:
@@ -392,6 +289,15 @@ class Supervisor:
             model.load_error = problem
             raise ApiError(500, f"model name={model.id} failed to load: {problem}")
 
+    async def remove(self, model: Model) -> None:
+        """DELETE /models: no request may start it again while its files go; once this
+        returns its worker is gone."""
+        model.removed = True
+        if model.status.running and model.status is not Status.STOPPING:
+            self._stop(model)
+        while model.status.running:
+            await model.wait_change()
+
     def unload(self, model: Model) -> None:
         if not model.status.running:
             raise ApiError(400, "model is not running")
@@ -407,38 +313,34 @@ class Supervisor:
         return self.config.models_max <= 0 or self._running() < self.config.models_max
 
     def _pump(self) -> None:
-        """Give free slots to the queue in order; stop one idle model when the head needs it."""
-        while self.queue:
-            head = self.queue[0]
-            if head.status is Status.STOPPING:
-                return  # it gets its turn once its worker is gone
-            if head.wanted == 0 or head.status is not Status.UNLOADED:
-                self.queue.popleft()
-                continue
-            if self._slot_free():
-                self.queue.popleft()
-                self._start(head)
-                continue
-            if any(model.status is Status.STOPPING for model in self.models.values()):
-                return  # a slot is already on its way
-            self._settle_finished()
-            queued = {model.id for model in self.queue}
-            victim = pick_victim(self.models.values(), queued)
-            if victim is not None:
-                log.info("evicting %s to make room for %s", victim.id, head.id)
-                self.metrics.evictions.labels(victim.id).inc()
-                self._stop(victim)
-            elif not any(model.draining for model in self.models.values()):
-                drain = pick_drain(self.models.values(), queued)
-                if drain is not None:
-                    log.info("draining %s to make room for %s", drain.id, head.id)
-                    drain.draining = True
-            return
-        for model in self.models.values():  # nobody waits for a slot: nothing needs to drain
-            if model.draining:
-                log.info("no longer draining %s: nobody waits for its slot", model.id)
-                model.draining = False
-                model.mark_changed()
+        """Act on the queue's next steps (router/control/policy.py) until it has to wait."""
+        while True:
+            if self.queue:
+                self._settle_finished()
+            step = next_step(self.queue, self.models.values(), self.config.models_max)
+            match step:
+                case Drop():
+                    self.queue.popleft()
+                case Start(model=model):
+                    self.queue.popleft()
+                    self._start(model)
+                case Evict(victim=victim, head=head):
+                    log.info("evicting %s to make room for %s", victim.id, head.id)
+                    self.metrics.evictions.labels(victim.id).inc()
+                    self._stop(victim)
+                    return
+                case Drain(model=model, head=head):
+                    log.info("draining %s to make room for %s", model.id, head.id)
+                    model.draining = True
+                    return
+                case Undrain(models=models):
+                    for model in models:
+                        log.info("no longer draining %s: nobody waits for its slot", model.id)
+                        model.draining = False
+                        model.mark_changed()
+                    return
+                case None:
+                    return
 
     def _start(self, model: Model) -> None:
         model.draining = False

@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from router.config import RouterConfig
-from router.http_limits import bounded_head_protocol
+from router.http.limits import bounded_head_protocol
 from workers.parent import exit_with_parent
 
 # Streams end within a token of the stop signal; a connection still open after this is cut.
@@ -32,7 +32,7 @@ class HttpProcessServer(uvicorn.Server):
 def run(config: RouterConfig, sockets: list[socket.socket], process: int, conn: Connection) -> None:
     exit_with_parent()
     configure_logging(config, f"[http {process}]")
-    from router.app import create_http_app  # the slow imports, in the child only
+    from router.http.app import create_http_app  # the slow imports, in the child only
 
     server = HttpProcessServer(uvicorn_config(create_http_app(config, conn, process), config))
     server.run(sockets=sockets)

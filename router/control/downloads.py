@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from router import hub
 from router.catalog import CACHE_MODELS_DIR
-from router.processes import signal_group
+from router.control.processes import signal_group
 from workers import download as download_worker
 from workers.download import DownloadFile, DownloadJob, Failed, Finished, Progress, report_decoder
 from workers.errors import ApiError

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from router.events import PING_SECONDS, EventHub, Subscriber
-from router.exchanges import Exchange, RingWatch
+from router.http.exchanges import Exchange, RingWatch
 from router.metrics import RequestClock
 from workers.errors import ApiError
 from workers.ring import Media, OffsetLost, Ring, RingState

@@ -10,10 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router import single_model
+from router.control.state import find_model, with_files
+from router.control.table import Model, Status
 from router.flags import unapplied
-from router.routes.common import json_response, query_flag, router_state
-from router.state import find_model, with_files
-from router.supervisor import Model, Status
+from router.http.routes.common import json_response, query_flag, router_state
 from workers.errors import ApiError
 
 HEALTHY = b'{"status":"ok"}'

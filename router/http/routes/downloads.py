@@ -13,10 +13,9 @@ from starlette.routing import Route
 
 from router import hf_cache
 from router.catalog import CACHE_MODELS_DIR
-from router.downloads import resolve
-from router.routes.common import read_body, router_state, success
-from router.state import find_model, reload_catalog
-from router.supervisor import Status
+from router.control.downloads import resolve
+from router.control.state import find_model, reload_catalog
+from router.http.routes.common import read_body, router_state, success
 from workers.errors import ApiError
 from workers.schema import decode_body
 
@@ -51,12 +50,7 @@ async def remove_model(request: Request) -> Response:
     cache_dir = state.config.cache_dir
     hub_layout = hf_cache.is_hub_path(cache_dir, model.spec.path)
     folder = None if hub_layout else _cache_folder(Path(model.spec.path), Path(cache_dir))
-    model.removed = True  # no request may start it again while its files go
-    if model.status.running:
-        if model.status is not Status.STOPPING:
-            state.supervisor.unload(model)
-        while model.status is not Status.UNLOADED:
-            await model.wait_change()
+    await state.supervisor.remove(model)
     if folder is None:
         await asyncio.to_thread(hf_cache.remove_cached, cache_dir, model.id)
     else:

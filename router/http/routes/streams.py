@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.responses import SessionResponse
-from router.routes.common import http_state, json_response, read_body, router_state
-from router.streams import check_conversation_id
+from router.control.sessions import check_conversation_id
+from router.http.responses import SessionResponse
+from router.http.routes.common import http_state, json_response, read_body, router_state
 from workers.errors import ApiError
 from workers.ring import Ring
 from workers.schema import decode_body

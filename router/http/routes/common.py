@@ -11,8 +11,8 @@ from starlette.responses import Response
 from workers.errors import ApiError
 
 if TYPE_CHECKING:
-    from router.http_state import HttpState
-    from router.state import RouterState
+    from router.control.state import RouterState
+    from router.http.state import HttpState
 
 JSON = "application/json"
 SUCCESS = b'{"success":true}'

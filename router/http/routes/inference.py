@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.exchanges import Exchange
+from router.http.exchanges import Exchange
+from router.http.responses import RingResponse, SessionResponse, unless
+from router.http.routes.common import http_state, query_flag, read_body
 from router.messages import Admission
 from router.metrics import RequestClock
-from router.responses import RingResponse, SessionResponse, unless
-from router.routes.common import http_state, query_flag, read_body
 from workers.errors import ApiError
 from workers.ring import Ring
 from workers.schema import BODY_TYPES, decode_body

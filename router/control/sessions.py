@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.exchanges import new_segment_name
-from router.relay import Dispatch, Dispatched
-from router.supervisor import Model, Supervisor
+from router.control.dispatch import Dispatch, Dispatched
+from router.control.supervisor import Supervisor
+from router.control.table import Model
+from router.http.exchanges import new_segment_name
 from workers.errors import ApiError
 from workers.ring import Ring, RingState
 from workers.session_index import MAX_ID_BYTES, SessionEntry, SessionIndex, SessionState, index_name

@@ -12,9 +12,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router import single_model
-from router.routes.common import JSON, query_flag, read_body, router_state
-from router.routes.ops import started_model
-from router.state import find_model, with_files
+from router.control.state import find_model, with_files
+from router.http.routes.common import JSON, query_flag, read_body, router_state
+from router.http.routes.ops import started_model
 from workers.errors import ApiError
 from workers.schema import decode_body
 

@@ -11,18 +11,19 @@ from router import hub, single_model
 from router.bundled import bundled_models
 from router.catalog import FoundFiles, ModelSpec, build_catalog
 from router.config import RouterConfig
-from router.downloads import Downloads
+from router.control.dispatch import Dispatch
+from router.control.downloads import Downloads
+from router.control.sessions import Streams
+from router.control.supervisor import Supervisor, check_startup
+from router.control.table import Model
 from router.events import EventHub
 from router.metrics import RouterMetrics, StateCollector, model_view, share_between_processes
 from router.presets import PresetError, Presets, load_presets
-from router.relay import Dispatch
-from router.streams import Streams
-from router.supervisor import Model, Supervisor, check_startup
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
 
 if TYPE_CHECKING:
-    from router.http_processes import HttpProcesses
+    from router.control.http_processes import HttpProcesses
 
 log = logging.getLogger("llama-router")
 

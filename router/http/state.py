@@ -9,7 +9,7 @@ from typing import Protocol
 
 from router.config import RouterConfig
 from router.events import EventHub
-from router.exchanges import Exchange, Exchanges
+from router.http.exchanges import Exchange, Exchanges
 from router.messages import Admission, Admitted
 from router.metrics import RouterMetrics
 from workers.session_index import SessionIndex

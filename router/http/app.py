@@ -1,6 +1,6 @@
-"""Starlette app factories: the main process's (its routes beside the supervisor) and the
-other HTTP processes' (the routes that read or change the model table are forwarded to the
-main process). Both share the routes table, the middleware and the error handlers."""
+"""An HTTP process's Starlette app: the routes table, middleware and error handlers every
+HTTP process shares, and the app of the processes beside the main one, where the routes
+that read or change the model table are forwarded to the main process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,26 +21,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from router.config import RouterConfig
-from router.control_client import RemoteControl
-from router.control_port import ControlPort, LocalControl
 from router.events import EventHub
-from router.exchanges import Exchanges, RingWatch
-from router.http_processes import HttpProcesses
-from router.http_state import HttpState
-from router.metrics import (
-    SHARED_DIR_ENV,
-    RouterMetrics,
-    remove_shared_dir,
-    sweep_stale_shared_dirs,
-)
-from router.middleware import PUBLIC, ApiKeys, LlamaServerCors, RequestTimer
-from router.openapi import build_document
-from router.routes import downloads, inference, metrics, models, ops, slots, streams, web
-from router.routes.common import http_state, read_body
-from router.routes.ops import build_info
-from router.state import RouterState, build_state
+from router.http.control_client import RemoteControl
+from router.http.exchanges import Exchanges, RingWatch
+from router.http.middleware import PUBLIC, ApiKeys, LlamaServerCors, RequestTimer
+from router.http.openapi import build_document
+from router.http.routes import downloads, inference, metrics, models, ops, slots, streams, web
+from router.http.routes.common import http_state, read_body
+from router.http.routes.ops import build_info
+from router.http.state import HttpState
+from router.metrics import SHARED_DIR_ENV, RouterMetrics
 from workers.errors import ApiError
-from workers.ring import sweep_stale_segments
 from workers.session_index import SessionIndex, index_name
 
 log = logging.getLogger("llama-router")
@@ -72,60 +62,6 @@ def all_routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None) -> Starlette:
-    """The main process's app: the supervisor, and the HTTP processes beside it."""
-    state = build_state(config)
-    http = HttpState(
-        config,
-        state.events,
-        Exchanges(RingWatch(os.getpid(), 0), config.response_buffer_bytes),
-        state.streams.index,
-        LocalControl(state),
-        state.metrics,
-    )
-    app: Starlette
-
-    def serve_process(conn: Connection) -> ControlPort:
-        return ControlPort(state, app, conn)
-
-    processes = HttpProcesses(
-        config, sockets or [], serve_process, on_gone=state.forget_http_process
-    )
-    state.http_processes = processes
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stale = sweep_stale_segments()
-        if stale:
-            log.info("removed %d stale shared-memory segments of a dead router", len(stale))
-        sweep_stale_shared_dirs()
-        state.loop = asyncio.get_running_loop()
-        http.exchanges.watch.start()
-        state.supervisor.start()
-        state.streams.start_gc()
-        processes.start()
-        try:
-            yield
-        finally:
-            await shutdown(state, http, processes)
-
-    app = _build(config, http, all_routes(), lifespan)
-    app.state.router = state
-    return app
-
-
-async def shutdown(state: RouterState, http: HttpState, processes: HttpProcesses) -> None:
-    """End every stream and session, stop every process, and remove every ring."""
-    state.stop_generations()
-    http.stop()
-    await processes.stop()
-    await _drain(http)
-    await state.supervisor.shutdown()
-    await state.dispatch.drain()
-    await state.streams.close()
-    remove_shared_dir()
-
-
 def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Starlette:
     """Another HTTP process's app; `process` is its number (the main one is 0)."""
     router_pid = os.getppid()
@@ -143,7 +79,7 @@ def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Sta
             yield
         finally:
             http.stop()
-            await _drain(http)
+            await drain(http)
             sessions.close()
 
     http = HttpState(
@@ -155,11 +91,11 @@ def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Sta
         metrics,
     )
     routes = [_forwarded(route) for route in all_routes()]
-    app = _build(config, http, routes, lifespan)
+    app = build_app(config, http, routes, lifespan)
     return app
 
 
-async def _drain(http: HttpState) -> None:
+async def drain(http: HttpState) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(http.close(), DRAIN_SECONDS)
 
@@ -194,7 +130,7 @@ async def forward(request: Request) -> Response:
     return response
 
 
-def _build(
+def build_app(
     config: RouterConfig,
     http: HttpState,
     routes: list[BaseRoute],
