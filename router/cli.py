@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
         single_model.prepare(config)  # `-hf`: its model is fetched before the server starts
-        sockets = listen_sockets(config.hosts, config.port)
+        sockets = listen_sockets(config.hosts, config.port, config.http_workers > 1)
     except (UsageError, OSError, ValueError) as error:
         print(f"llama-router: error: {error}", file=sys.stderr)
         return 1
@@ -337,15 +337,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if server.started else 1
 
 
-def listen_sockets(hosts: list[str], port: int) -> list[socket.socket]:
+def listen_sockets(hosts: list[str], port: int, reuse_port: bool = False) -> list[socket.socket]:
     """One listening socket per address, as llama-server's `--host a,b`: with several
-    addresses `::` means IPv6 only, and a path ending in `.sock` is a UNIX socket."""
+    addresses `::` means IPv6 only, and a path ending in `.sock` is a UNIX socket. With
+    `reuse_port`, the other HTTP processes bind the TCP addresses too (router/control/
+    http_processes.py)."""
     sockets = []
     several = len([host for host in hosts if not host.endswith(".sock")]) > 1
     try:
         for host in hosts:
             unix = host.endswith(".sock")
-            sockets.append(_unix_socket(host) if unix else _tcp_socket(host, port, several))
+            tcp = _unix_socket(host) if unix else _tcp_socket(host, port, several, reuse_port)
+            sockets.append(tcp)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -353,7 +356,7 @@ def listen_sockets(hosts: list[str], port: int) -> list[socket.socket]:
     return sockets
 
 
-def _tcp_socket(host: str, port: int, ipv6_only: bool) -> socket.socket:
+def _tcp_socket(host: str, port: int, ipv6_only: bool, reuse_port: bool) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -362,6 +365,8 @@ def _tcp_socket(host: str, port: int, ipv6_only: bool) -> socket.socket:
         raise OSError(f"cannot listen on {host}: {error.strerror}") from error
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
     try:

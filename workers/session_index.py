@@ -60,6 +60,7 @@ class SessionIndex:
         if magic != MAGIC:
             raise ValueError(f"{segment.name} is not a llama-router session index")
         self.slots = slots
+        self._hints: dict[str, int] = {}  # where a reader found a session last
 
     @classmethod
     def create(cls, name: str, slots: int) -> SessionIndex:
@@ -128,22 +129,35 @@ class SessionIndex:
         return [entry for slot in range(self.slots) if (entry := self.read(slot)) is not None]
 
     def find(self, conversation_id: str) -> SessionEntry | None:
-        """Every HTTP process looks a session up here on each replay: the slots' id lengths
-        are read in one strided pass, and only slots whose id is as long are read whole."""
-        wanted = len(conversation_id.encode())
-        for slot in self._slots_with_id_length(wanted):
+        """Every HTTP process looks a session up here on each replay: the slot it was found
+        in last time is tried first; otherwise the slots' id lengths are read in one strided
+        pass, and only slots whose id is as long are read whole."""
+        hinted = self._hints.get(conversation_id)
+        if hinted is not None:
+            entry = self.read(hinted)
+            if entry is not None and entry.conversation_id == conversation_id:
+                return entry
+            del self._hints[conversation_id]
+        for slot in self._slots_with_id_length(len(conversation_id.encode())):
             entry = self.read(slot)
             if entry is not None and entry.conversation_id == conversation_id:
+                if len(self._hints) >= self.slots:
+                    self._hints.clear()
+                self._hints[conversation_id] = slot
                 return entry
         return None
 
-    def _slots_with_id_length(self, length: int) -> list[int]:
+    def _slots_with_id_length(self, length: int) -> Iterator[int]:
         words = self._buf[HEADER_BYTES : HEADER_BYTES + self.slots * SLOT_BYTES].cast("Q")
         try:
             lengths = words[_ID_LEN_WORD :: SLOT_BYTES // 8].tolist()
         finally:
             words.release()
-        return [slot for slot, found in enumerate(lengths) if found == length]
+        slot = -1
+        with contextlib.suppress(ValueError):
+            while True:
+                slot = lengths.index(length, slot + 1)
+                yield slot
 
     # --- lifetime -------------------------------------------------------------------------------
 

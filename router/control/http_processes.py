@@ -1,6 +1,12 @@
-"""The HTTP processes beside the main one: started with the router on its listening sockets,
-each replaced as soon as it dies, stopped with it. Each talks to the supervisor over its own
-pipe (router/control/port.py); the kernel spreads new connections among them all."""
+"""The HTTP processes beside the main one: started with the router, each replaced as soon as
+it dies, stopped with it. Each talks to the supervisor over its own pipe (router/control/
+port.py).
+
+Each has its own listening socket on every TCP address (SO_REUSEPORT), so that the kernel
+spreads new connections evenly: on one shared socket, the process that wakes first accepts a
+whole burst of them. The main process keeps those sockets open, so connections that arrive
+while a process is being replaced wait in its backlog for the new one. A UNIX socket is shared.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ _SPAWN = multiprocessing.get_context("spawn")
 # Time for a stopping HTTP process to finish its responses (its streams end with the router's
 # generations), beyond which it is killed.
 STOP_SECONDS = 8.0
+BACKLOG = 2048  # uvicorn's
 
 
 class HttpProcesses:
@@ -40,6 +47,7 @@ class HttpProcesses:
         self._serve = serve
         self._on_gone = on_gone
         self._running: dict[int, tuple[BaseProcess, ControlPort]] = {}
+        self._listeners: dict[int, list[socket.socket]] = {}
         self._stopping = False
 
     @property
@@ -61,7 +69,7 @@ class HttpProcesses:
         ours, theirs = _SPAWN.Pipe(duplex=True)
         child = _SPAWN.Process(
             target=http_process.run,
-            args=(self._config, self._sockets, process, theirs),
+            args=(self._config, self._listening(process), process, theirs),
             name=f"llama-router-http-{process}",
         )
         child.start()
@@ -69,6 +77,11 @@ class HttpProcesses:
         self._running[process] = (child, self._serve(ours))
         asyncio.get_running_loop().add_reader(child.sentinel, self._reap, process)
         log.info("HTTP process %d started (pid %s)", process, child.pid)
+
+    def _listening(self, process: int) -> list[socket.socket]:
+        if process not in self._listeners:
+            self._listeners[process] = [_own_copy(sock) for sock in self._sockets]
+        return self._listeners[process]
 
     def _reap(self, process: int) -> None:
         child, port = self._running.pop(process)
@@ -95,6 +108,13 @@ class HttpProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
 
+    def close_sockets(self) -> None:
+        for listeners in self._listeners.values():
+            for sock in listeners:
+                if sock not in self._sockets:
+                    sock.close()
+        self._listeners.clear()
+
     async def stop(self) -> None:
         self.stop_soon()
         children = [child for child, _ in self._running.values()]
@@ -106,3 +126,19 @@ class HttpProcesses:
                 log.warning("HTTP process pid %s did not stop: killing it", child.pid)
                 child.kill()
                 child.join(timeout=1)
+        self.close_sockets()
+
+
+def _own_copy(sock: socket.socket) -> socket.socket:
+    """A listening socket of its own on the same TCP address; a UNIX socket is shared."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return sock
+    copy = socket.socket(sock.family, sock.type, sock.proto)
+    copy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    copy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if sock.family == socket.AF_INET6:
+        v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        copy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    copy.bind(sock.getsockname())
+    copy.listen(BACKLOG)
+    return copy

@@ -178,6 +178,24 @@ class Supervisor:
             await self._hold_busy(lease)
         return lease
 
+    def lease_now(self, model: Model) -> Lease | None:
+        """A request's lease on a model that can take it at once, without waiting; None when
+        it would have to wait (see `acquire`)."""
+        if self.config.debug_fake_timing:
+            return None
+        lease = self._lease_now(model, touch=True)
+        if lease is not None:
+            self.metrics.queue_wait.labels(model.id).observe(0.0)
+        return lease
+
+    def _lease_now(self, model: Model, touch: bool) -> Lease | None:
+        if model.status is not Status.LOADED or model.draining or model.worker is None:
+            return None
+        model.in_flight += 1
+        if touch:
+            model.last_used = time.monotonic()
+        return Lease(model, model.worker, touch)
+
     async def _hold_busy(self, lease: Lease) -> None:
         """LLAMA_SERVER_DEBUG_FAKE_TIMING, as llama-server's router: a request counts as in
         flight for a while before it is sent, so tests can keep a model busy with a quick one."""
@@ -199,12 +217,9 @@ class Supervisor:
                 seen = model.version
                 if model.status is Status.SLEEPING and not model.draining:
                     self._wake(model)
-                servable = model.status is Status.LOADED and not model.draining
-                if servable and model.worker is not None:
-                    model.in_flight += 1
-                    if touch:
-                        model.last_used = time.monotonic()
-                    return Lease(model, model.worker, touch)
+                lease = self._lease_now(model, touch)
+                if lease is not None:
+                    return lease
                 if model.removed:
                     raise ApiError(400, f"model '{model.id}' not found")
                 if model.status is Status.UNLOADED:
