@@ -17,23 +17,8 @@ from workers.errors import ApiError
 from workers.ring import Ring
 
 
-def admit_at_once(state: RouterState, admission: Admission, ring: Ring) -> Dispatched | None:
-    """A request for a model that is loaded and free to take it is sent without a wait (and
-    without a task); None when it has to go the long way (`admit`)."""
-    model = model_for_request(state, admission.model)
-    if model is None or model.spec.path is None:
-        return None
-    lease = state.supervisor.lease_now(model)
-    if lease is None:
-        return None
-    return state.dispatch.send(lease, admission.route, admission.body, ring)
-
-
 async def admit(state: RouterState, admission: Admission, ring: Ring) -> Dispatched:
     """The request is in its worker, its answer on the way into `ring`."""
-    dispatched = admit_at_once(state, admission, ring)
-    if dispatched is not None:
-        return dispatched
     model = await _model(state, admission)
     deadline = time.monotonic() + admission.timeout
     while True:
@@ -57,7 +42,7 @@ async def start_session(state: RouterState, admission: Admission) -> Session:
 
 async def _model(state: RouterState, admission: Admission) -> Model:
     name = admission.model
-    model = model_for_request(state, name)
+    model = await model_for_request(state, name)
     if model is None and not name:
         raise ApiError(400, "model name is missing from the request")
     if model is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from router.control.admission import admit, admit_at_once, start_session
+from router.control.admission import admit, start_session
 from router.control.dispatch import Dispatched, Gone
 from router.control.state import RouterState
 from router.http.exchanges import Exchange
@@ -80,8 +80,6 @@ class ControlPort:
 
     def _on_request(self, request: Request) -> None:
         match request:
-            case Admit() if not request.admission.conversation_id and self._admit_at_once(request):
-                pass
             case Admit():
                 self._spawn(request.call, self._admit(request))
             case Forward():
@@ -95,19 +93,6 @@ class ControlPort:
         task = self._loop.create_task(work)
         self._tasks[call] = task
         task.add_done_callback(lambda _: self._tasks.pop(call, None))
-
-    def _admit_at_once(self, request: Admit) -> bool:
-        try:
-            ring = self._state.dispatch.ring(request.ring)
-        except FileNotFoundError:
-            return False
-        dispatched = admit_at_once(self._state, request.admission, ring)
-        if dispatched is None:
-            return False
-        self._watch(request.call, dispatched)
-        model_id = dispatched.lease.model.id
-        self._send(Admitted(request.call, model_id, dispatched.lease.waited))
-        return True
 
     async def _admit(self, request: Admit) -> None:
         admission, call = request.admission, request.call

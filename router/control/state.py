@@ -69,13 +69,13 @@ class RouterState:
         task.add_done_callback(self._cleanups.discard)
 
 
-def reload_catalog(state: RouterState) -> None:
+async def reload_catalog(state: RouterState) -> None:
     """Re-read the models dir, the presets and the cache, and hand the result to the supervisor."""
     try:
         state.presets = load_presets(state.config.models_preset)
     except PresetError as error:
         raise ApiError(500, str(error)) from error
-    state.supervisor.reload(catalog(state.config, state.presets, state.bundled))
+    await state.supervisor.reload(catalog(state.config, state.presets, state.bundled))
 
 
 def catalog(
@@ -87,11 +87,11 @@ def catalog(
     return build_catalog(config, presets, bundled)
 
 
-def find_model(state: RouterState, name: str) -> Model | None:
+async def find_model(state: RouterState, name: str) -> Model | None:
     """A model by id or alias; a download that just finished is picked up on the way."""
     model = state.supervisor.find(name)
     if model is None and state.downloads.take_finished():
-        reload_catalog(state)
+        await reload_catalog(state)
         model = state.supervisor.find(name)
     return model
 
@@ -112,18 +112,18 @@ async def with_files(state: RouterState, model: Model) -> Model:
         await state.downloads.fetch(found.job)
     except ApiError as error:
         raise ApiError(500, f"{failed}: {error.message}") from error
-    reload_catalog(state)
+    await reload_catalog(state)
     fresh = state.supervisor.find(model.id)
     if fresh is None or fresh.spec.path is None:
         raise ApiError(500, f"{failed}: {spec.hf_repo} is not in the cache after its download")
     return fresh
 
 
-def model_for_request(state: RouterState, name: str | None) -> Model | None:
+async def model_for_request(state: RouterState, name: str | None) -> Model | None:
     """The model a request names. Naming none, it gets the only model listed, if there is one;
     serving one model as `llama-server -m` does, any name gets that model (llama-server does not
     look at the name then)."""
-    model = find_model(state, name) if name else None
+    model = await find_model(state, name) if name else None
     if model is not None:
         return model
     listed = [model for model in state.supervisor.models.values() if not model.spec.hidden]

@@ -1,8 +1,10 @@
 """Which models run, and when: states, the LRU victim, one FIFO queue, sleep, TTL and stops.
 
-Every decision runs on the event loop thread in plain synchronous methods, so no two paths can
-interleave inside one; waiting happens only between them, on a model's change event. Slow work
-(a worker starting or stopping) reports back through `_on_event` / `_on_exit`.
+One owner: a task reads the inbox (router/control/inbox.py), events from the routes of every
+HTTP process, the workers and the clock, one at a time and in order, and only it changes the
+model table. What the queue does next is decided by pure functions (router/control/policy.py);
+the handlers act on it. Slow work (a worker starting or stopping) runs in tasks that post what
+became of it back to the inbox. A request waits on the reply of its `Want`.
 
 The rules, in the order the code applies them:
 - A request for a loaded or sleeping model is served at once (a sleeping one is woken).
@@ -24,7 +26,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,21 @@ import psutil
 from router.catalog import ModelSpec
 from router.config import RouterConfig
 from router.control.cores import CoreMeter
+from router.control.inbox import (
+    CatalogRead,
+    ClientLeft,
+    InboxEvent,
+    LoadAsked,
+    Released,
+    RemoveAsked,
+    RequestArrived,
+    Stop,
+    Tick,
+    UnloadAsked,
+    Want,
+    WorkerExited,
+    WorkerReported,
+)
 from router.control.policy import Drain, Drop, Evict, Start, Undrain, next_step, pick_victim
 from router.control.processes import SpareWorkers, WorkerProcess, apply_poll
 from router.control.table import Lease, Model, Status, load_progress
@@ -134,6 +151,11 @@ class Supervisor:
         self._publishers: list[Publisher] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._inbox: asyncio.Queue[InboxEvent] = asyncio.Queue()
+        self._owner: asyncio.Task[None] | None = None
+        self._wants: list[Want] = []  # requests waiting for their model, in arrival order
+        self._loads: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for their victim
+        self._removals: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for the worker
         apply_poll(config.poll)
         self.cores = CoreTable(config.threads)
         self._core_meter = CoreMeter(self.cores, config.threads)
@@ -170,31 +192,19 @@ class Supervisor:
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
         started = time.monotonic()
-        lease = await self._wait_for_lease(model, autoload, touch)
+        want = Want(model, autoload, touch, asyncio.get_running_loop().create_future())
+        self.post(RequestArrived(want))
+        try:
+            lease = await asyncio.shield(want.reply)
+        except asyncio.CancelledError:
+            self.post(ClientLeft(want))
+            raise
         lease.waited = time.monotonic() - started
-        if touch:  # a request, not a look at the model's props or slots
+        if touch:
             self.metrics.queue_wait.labels(model.id).observe(lease.waited)
         if self.config.debug_fake_timing:
             await self._hold_busy(lease)
         return lease
-
-    def lease_now(self, model: Model) -> Lease | None:
-        """A request's lease on a model that can take it at once, without waiting; None when
-        it would have to wait (see `acquire`)."""
-        if self.config.debug_fake_timing:
-            return None
-        lease = self._lease_now(model, touch=True)
-        if lease is not None:
-            self.metrics.queue_wait.labels(model.id).observe(0.0)
-        return lease
-
-    def _lease_now(self, model: Model, touch: bool) -> Lease | None:
-        if model.status is not Status.LOADED or model.draining or model.worker is None:
-            return None
-        model.in_flight += 1
-        if touch:
-            model.last_used = time.monotonic()
-        return Lease(model, model.worker, touch)
 
     async def _hold_busy(self, lease: Lease) -> None:
         """LLAMA_SERVER_DEBUG_FAKE_TIMING, as llama-server's router: a request counts as in
@@ -205,46 +215,94 @@ class Supervisor:
             self.release(lease)  # the client left meanwhile
             raise
 
-    async def _wait_for_lease(self, model: Model, autoload: bool, touch: bool) -> Lease:
-        failed_loads = model.failed_loads
-        load_delay_due = self.config.debug_fake_timing
+    def release(self, lease: Lease) -> None:
+        """The worker let go of the request. Said by the owner itself (a worker's report it
+        handles), the lease goes at once, before the next decision."""
+        if asyncio.current_task() is self._owner:
+            self._release(lease)
+        else:
+            self.post(Released(lease))
+
+    def _arrived(self, want: Want) -> None:
+        model = want.model
         ready = model.status in (Status.LOADED, Status.SLEEPING)
         if not ready and model.wanted >= self.config.max_waiting_per_model:
-            raise ApiError(503, f"too many requests waiting for model {model.id}, try again later")
+            message = f"too many requests waiting for model {model.id}, try again later"
+            want.reply.set_exception(ApiError(503, message))
+            return
         model.wanted += 1
-        try:
-            while True:
-                seen = model.version
-                if model.status is Status.SLEEPING and not model.draining:
-                    self._wake(model)
-                lease = self._lease_now(model, touch)
-                if lease is not None:
-                    return lease
-                if model.removed:
-                    raise ApiError(400, f"model '{model.id}' not found")
-                if model.status is Status.UNLOADED:
-                    if model.failed_loads != failed_loads:
-                        raise ApiError(500, self._load_failure(model))
-                    if not autoload:
-                        raise ApiError(400, "model is not loaded")
-                    if model not in self.queue:  # checked once, by the waiter who queues it
-                        self._refuse_if_unloadable(model)
-                        if load_delay_due:  # fake timing: the load starts later, as there
-                            load_delay_due = False
-                            await asyncio.sleep(FAKE_TIMING_SECONDS)
-                            continue
-                        self.queue.append(model)
-                    self._pump()
-                    if model.version != seen:
-                        continue
-                await model.wait_change()
-        finally:
-            model.wanted -= 1
-            if model.wanted == 0 and model in self.queue:
-                self.queue.remove(model)
-                self._pump()
+        want.failed_loads = model.failed_loads
+        self._wants.append(want)
 
-    def release(self, lease: Lease) -> None:
+    def _left(self, want: Want) -> None:
+        if want in self._wants:
+            self._settle_want(want, None)
+        elif want.reply.done() and not want.reply.cancelled() and want.reply.exception() is None:
+            self._release(want.reply.result())  # granted as the client left
+
+    def _answer(self, want: Want) -> Lease | ApiError | None:
+        """A lease for the request, why it cannot have one, or None while it must wait."""
+        model = want.model
+        if model.status is Status.SLEEPING and not model.draining:
+            self._wake(model)
+        lease = self._lease_now(model, want.touch)
+        if lease is not None:
+            return lease
+        if model.removed:
+            return ApiError(400, f"model '{model.id}' not found")
+        if model.status is not Status.UNLOADED:
+            return None
+        if model.failed_loads != want.failed_loads:
+            return ApiError(500, self._load_failure(model))
+        if not want.autoload:
+            return ApiError(400, "model is not loaded")
+        if model not in self.queue:  # checked once, by the request that queues it
+            try:
+                self._refuse_if_unloadable(model)
+            except ApiError as error:
+                return error
+            if self._held(want):
+                return None
+            self.queue.append(model)
+        self._pump()
+        return None
+
+    def _held(self, want: Want) -> bool:
+        """Fake timing: the load a request would queue starts later, as in llama-server."""
+        if not self.config.debug_fake_timing or want.held_until < 0:
+            return False
+        now = time.monotonic()
+        if want.held_until == 0:
+            want.held_until = now + FAKE_TIMING_SECONDS
+            asyncio.get_running_loop().call_later(FAKE_TIMING_SECONDS, self.post, Tick(now))
+        if now < want.held_until:
+            return True
+        want.held_until = -1.0  # once
+        return False
+
+    def _settle_want(self, want: Want, answer: Lease | ApiError | None) -> None:
+        self._wants.remove(want)
+        model = want.model
+        model.wanted -= 1
+        if isinstance(answer, Lease):
+            want.reply.set_result(answer)
+        elif isinstance(answer, ApiError):
+            want.reply.set_exception(answer)
+        else:
+            want.reply.cancel()
+        if model.wanted == 0 and model in self.queue:
+            self.queue.remove(model)
+            self._pump()
+
+    def _lease_now(self, model: Model, touch: bool) -> Lease | None:
+        if model.status is not Status.LOADED or model.draining or model.worker is None:
+            return None
+        model.in_flight += 1
+        if touch:
+            model.last_used = time.monotonic()
+        return Lease(model, model.worker, touch)
+
+    def _release(self, lease: Lease) -> None:
         if lease.released:
             return
         lease.released = True
@@ -268,16 +326,39 @@ class Supervisor:
         """POST /models/load: start now, evicting the LRU idle model at the cap; 503 if none."""
         if self.config.debug_fake_timing:  # before anything else, as llama-server's load()
             await asyncio.sleep(FAKE_TIMING_SECONDS)
+        await self._ask(LoadAsked, model)
+
+    async def unload(self, model: Model) -> None:
+        await self._ask(UnloadAsked, model)
+
+    async def remove(self, model: Model) -> None:
+        """DELETE /models: no request may start it again while its files go; once this
+        returns its worker is gone."""
+        await self._ask(RemoveAsked, model)
+
+    async def _ask(self, kind: type[LoadAsked | UnloadAsked | RemoveAsked], model: Model) -> None:
+        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.post(kind(model, reply))
+        await asyncio.shield(reply)
+
+    def _load(self, model: Model, reply: asyncio.Future[None]) -> None:
         if model.status.running:
-            raise ApiError(400, "model is already running")
-        self._refuse_if_unloadable(model)
+            reply.set_exception(ApiError(400, "model is already running"))
+            return
+        try:
+            self._refuse_if_unloadable(model)
+        except ApiError as error:
+            reply.set_exception(error)
+            return
         self._settle_finished()
         if self._slot_free():
             self._start(model)
+            reply.set_result(None)
             return
         victim = pick_victim(self.models.values(), {model.id, *(m.id for m in self.queue)})
         if victim is None:
-            raise ApiError(503, "model limit reached, try again later")
+            reply.set_exception(ApiError(503, "model limit reached, try again later"))
+            return
         log.info("evicting %s to make room for %s", victim.id, model.id)
         self.metrics.evictions.labels(victim.id).inc()
         # First in line for the slot the victim frees; the queue starts it once the victim is gone.
@@ -285,14 +366,33 @@ class Supervisor:
             self.queue.remove(model)
         self.queue.appendleft(model)
         model.wanted += 1
-        try:
-            self._stop(victim)
-            while model.status is Status.UNLOADED and model in self.queue:
-                await model.wait_change()
-        finally:
-            model.wanted -= 1
-            if model.wanted == 0 and model in self.queue:
-                self.queue.remove(model)
+        self._stop(victim)
+        self._loads.append((model, reply))
+
+    def _answer_load(self, model: Model, reply: asyncio.Future[None]) -> bool:
+        """Whether an explicit load that waited for its victim is over (started, or dropped)."""
+        if model.status is Status.UNLOADED and model in self.queue:
+            return False
+        model.wanted -= 1
+        if model.wanted == 0 and model in self.queue:
+            self.queue.remove(model)
+        if not reply.done():
+            reply.set_result(None)
+        return True
+
+    def _unload(self, model: Model, reply: asyncio.Future[None]) -> None:
+        if not model.status.running:
+            reply.set_exception(ApiError(400, "model is not running"))
+            return
+        if model.status is not Status.STOPPING:
+            self._stop(model)
+        reply.set_result(None)
+
+    def _remove(self, model: Model, reply: asyncio.Future[None]) -> None:
+        model.removed = True
+        if model.status.running and model.status is not Status.STOPPING:
+            self._stop(model)
+        self._removals.append((model, reply))
 
     def _refuse_if_unloadable(self, model: Model) -> None:
         """Refused before anything is evicted for it. Room is what is free now plus what
@@ -303,21 +403,6 @@ class Supervisor:
         if problem:
             model.load_error = problem
             raise ApiError(500, f"model name={model.id} failed to load: {problem}")
-
-    async def remove(self, model: Model) -> None:
-        """DELETE /models: no request may start it again while its files go; once this
-        returns its worker is gone."""
-        model.removed = True
-        if model.status.running and model.status is not Status.STOPPING:
-            self._stop(model)
-        while model.status.running:
-            await model.wait_change()
-
-    def unload(self, model: Model) -> None:
-        if not model.status.running:
-            raise ApiError(400, "model is not running")
-        if model.status is not Status.STOPPING:
-            self._stop(model)
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -372,8 +457,8 @@ class Supervisor:
             worker = self._spares.take()
             worker.load(
                 settings,
-                on_event=lambda event: self._on_event(model, worker, event),
-                on_exit=lambda code: self._on_exit(model, worker, code),
+                on_event=lambda event: self.post(WorkerReported(model, worker, event)),
+                on_exit=lambda code: self.post(WorkerExited(model, worker, code)),
             )
         except (ValueError, OSError) as error:
             model.load_error = str(error)
@@ -422,8 +507,7 @@ class Supervisor:
         """Unload through the worker itself and keep its process as the next spare."""
         if await worker.retire(model.spec.stop_timeout):
             worker.unbind()
-            self._on_exit(model, worker, 0)
-            self._spares.offer(worker)
+            self.post(WorkerExited(model, worker, 0, spare=True))
 
     def _wake(self, model: Model) -> None:
         assert model.worker is not None
@@ -494,8 +578,13 @@ class Supervisor:
 
     # --- reload -------------------------------------------------------------------------------
 
-    def reload(self, specs: dict[str, ModelSpec]) -> None:
+    async def reload(self, specs: dict[str, ModelSpec]) -> None:
         """Adopt a fresh catalog: stop models whose source vanished or whose settings changed."""
+        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.post(CatalogRead(specs, reply))
+        await asyncio.shield(reply)
+
+    def _reload(self, specs: dict[str, ModelSpec]) -> None:
         for model in list(self.models.values()):
             fresh = specs.get(model.id)
             if fresh is None:
@@ -531,19 +620,21 @@ class Supervisor:
     # --- time ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the `load-on-startup` models and start the idle timer."""
+        """Start the owner and the clock, and load the `load-on-startup` models."""
+        loop = asyncio.get_running_loop()
+        self._owner = loop.create_task(self._read_inbox())
         self._spares.start()
         for model in self.models.values():
             if model.spec.load_on_startup:
                 self._start(model)
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._ticker = loop.create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(_TICK_SECONDS)
-            self.tick(time.monotonic())
+            self.post(Tick(time.monotonic()))
 
-    def tick(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         self._core_meter.measure()
         sleep_after = self.config.sleep_idle_seconds
         for model in self.models.values():
@@ -569,11 +660,89 @@ class Supervisor:
         return worker.silent_for(now) > self.config.heartbeat_seconds
 
     async def shutdown(self) -> None:
+        """Stop every worker (none is kept for later) and, once they are gone, the owner."""
         if self._ticker is not None:
             self._ticker.cancel()
-        for model in self.models.values():
-            if model.worker is not None and model.status is not Status.STOPPING:
-                self._stop(model, recycle=False)  # no process is kept for later
-        stops = [m.worker.wait() for m in self.models.values() if m.worker is not None]
+        reply: asyncio.Future[list[Awaitable[int]]] = asyncio.get_running_loop().create_future()
+        self.post(Stop(reply))
+        stops = await reply
         await asyncio.gather(self._spares.stop(), *stops, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._owner is not None:
+            self._owner.cancel()
+
+    def _stop_all(self, reply: asyncio.Future[list[Awaitable[int]]]) -> None:
+        for model in self.models.values():
+            if model.worker is not None and model.status is not Status.STOPPING:
+                self._stop(model, recycle=False)
+        reply.set_result([m.worker.wait() for m in self.models.values() if m.worker is not None])
+
+    # --- the inbox ----------------------------------------------------------------------------
+
+    def post(self, event: InboxEvent) -> None:
+        self._inbox.put_nowait(event)
+
+    async def _read_inbox(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            try:
+                self._handle(event)
+                self._answer_waiting()
+            except Exception as error:  # a bug in one handler must not stop the scheduling
+                log.exception("supervisor: handling %s failed", type(event).__name__)
+                _fail_reply(event, ApiError(500, f"internal error: {type(error).__name__}"))
+
+    def _handle(self, event: InboxEvent) -> None:
+        match event:
+            case RequestArrived(want=want):
+                self._arrived(want)
+            case ClientLeft(want=want):
+                self._left(want)
+            case Released(lease=lease):
+                self._release(lease)
+            case LoadAsked(model=model, reply=reply):
+                self._load(model, reply)
+            case UnloadAsked(model=model, reply=reply):
+                self._unload(model, reply)
+            case RemoveAsked(model=model, reply=reply):
+                self._remove(model, reply)
+            case CatalogRead(specs=specs, reply=reply):
+                self._reload(specs)
+                reply.set_result(None)
+            case WorkerReported(model=model, worker=worker, event=report):
+                self._on_event(model, worker, report)
+            case WorkerExited(model=model, worker=worker, code=code, spare=spare):
+                self._on_exit(model, worker, code)
+                if spare:
+                    self._spares.offer(worker)
+            case Tick(now=now):
+                self._tick(now)
+            case Stop(reply=reply):
+                self._stop_all(reply)
+
+    def _answer_waiting(self) -> None:
+        """After every event: answer the requests, loads and removals it settled, until one
+        more pass changes nothing (an answer may start or wake a model for the next)."""
+        while True:
+            before = self._table_version()
+            for want in list(self._wants):
+                answer = self._answer(want)
+                if answer is not None:
+                    self._settle_want(want, answer)
+            self._loads = [(m, r) for m, r in self._loads if not self._answer_load(m, r)]
+            for model, reply in [(m, r) for m, r in self._removals if not m.status.running]:
+                self._removals.remove((model, reply))
+                reply.set_result(None)
+            if self._table_version() == before:
+                return
+
+    def _table_version(self) -> tuple[int, int, int]:
+        versions = sum(model.version for model in self.models.values())
+        return versions, len(self._wants), len(self.queue)
+
+
+def _fail_reply(event: InboxEvent, error: ApiError) -> None:
+    """Whoever waits on the event hears of the failure instead of waiting forever."""
+    reply = event.want.reply if isinstance(event, RequestArrived) else getattr(event, "reply", None)
+    if reply is not None and not reply.done():
+        reply.set_exception(error)

@@ -3,7 +3,6 @@ on a running model. Only the supervisor changes a row; routes read them."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,6 @@ class Model:
     draining: bool = False
     load_started: float = 0.0
     engine: EngineTotals = field(default_factory=EngineTotals)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def id(self) -> str:
@@ -62,13 +60,8 @@ class Model:
     def idle(self) -> bool:
         return self.in_flight == 0 and self.wanted == 0
 
-    async def wait_change(self) -> None:
-        await self.changed.wait()
-
     def mark_changed(self) -> None:
         self.version += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
 
 
 @dataclass(eq=False)

@@ -31,7 +31,7 @@ async def add_model(request: Request) -> Response:
     if not body.model.strip():
         raise ApiError(400, "model must be a non-empty string")
     job = await asyncio.to_thread(resolve, body.model, body.url, state.config.cache_dir)
-    if find_model(state, job.model_id) is not None:
+    if await find_model(state, job.model_id) is not None:
         raise ApiError(400, f"model '{job.model_id}' already exists")
     state.downloads.start(job)
     return success()
@@ -42,7 +42,7 @@ async def remove_model(request: Request) -> Response:
     name = request.query_params.get("model", "")
     if not name:
         raise ApiError(400, "model must be a non-empty string")
-    model = find_model(state, name)
+    model = await find_model(state, name)
     if model is None:
         raise ApiError(404, f"model '{name}' not found")
     if not model.spec.can_remove or model.spec.path is None:
@@ -55,7 +55,7 @@ async def remove_model(request: Request) -> Response:
         await asyncio.to_thread(hf_cache.remove_cached, cache_dir, model.id)
     else:
         await asyncio.to_thread(shutil.rmtree, folder, True)
-    reload_catalog(state)
+    await reload_catalog(state)
     state.events.publish(model.id, "model_remove")
     return success()
 

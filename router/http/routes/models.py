@@ -95,7 +95,7 @@ def download_entry(download: Download, created: int) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     state = router_state(request)
     if request.query_params.get("reload") or state.downloads.take_finished():
-        reload_catalog(state)
+        await reload_catalog(state)
     created = int(time.time())
     models = state.supervisor.models.values()
     data = [model_entry(model, created) for model in models if not model.spec.hidden]
@@ -107,15 +107,15 @@ async def _model_name(request: Request) -> str:
     return decode_body(await read_body(request), ModelName).model
 
 
-def _find(request: Request, name: str, unknown_status: int) -> Model:
-    model = find_model(router_state(request), name)
+async def _find(request: Request, name: str, unknown_status: int) -> Model:
+    model = await find_model(router_state(request), name)
     if model is None:
         raise ApiError(unknown_status, "model is not found")
     return model
 
 
 async def load_model(request: Request) -> Response:
-    model = _find(request, await _model_name(request), 404)
+    model = await _find(request, await _model_name(request), 404)
     model = await with_files(router_state(request), model)
     await router_state(request).supervisor.load(model)
     if model.failed and model.status is Status.UNLOADED:
@@ -128,7 +128,7 @@ async def unload_model(request: Request) -> Response:
     name = await _model_name(request)
     if router_state(request).downloads.cancel(name):
         return success()
-    router_state(request).supervisor.unload(_find(request, name, 400))
+    await router_state(request).supervisor.unload(await _find(request, name, 400))
     return success()
 
 

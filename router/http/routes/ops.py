@@ -104,7 +104,7 @@ async def started_model(request: Request, name: str) -> Model:
     """The model, started first if it has not reported its info (`?autoload=` as for a POST);
     a sleeping one stays asleep."""
     state = router_state(request)
-    model = find_model(state, name)
+    model = await find_model(state, name)
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     if model.info is None or model.status not in (Status.LOADED, Status.SLEEPING):

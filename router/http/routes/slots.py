@@ -84,7 +84,7 @@ async def act_on_slot(request: Request) -> Response:
     name = body.model or request.query_params.get("model") or _single_model(request)
     if not name:
         raise ApiError(400, "model name is missing from the request")
-    model = find_model(state, name)
+    model = await find_model(state, name)
     if model is None:
         raise ApiError(400, f"model '{name}' not found")
     autoload = query_flag(request, "autoload", state.config.models_autoload)
