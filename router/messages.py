@@ -72,8 +72,12 @@ class Admitted(_Message, tag="admitted", frozen=True):
     ring: str = ""
 
 
+# The status of the last word on a request whose client left while it waited (nginx's).
+CLIENT_LEFT = 499
+
+
 class Refused(_Message, tag="refused", frozen=True):
-    """The request could not be admitted: an error body for the client."""
+    """The request could not be admitted: an error body for the client (none, CLIENT_LEFT)."""
 
     call: int
     status: int

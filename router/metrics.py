@@ -390,8 +390,8 @@ class RequestClock:
     sent_ns: int = 0
     _last_ns: int = 0
 
-    def sent(self, lease_waited: float) -> None:
-        self.waited, self.sent_ns = lease_waited, time.monotonic_ns()
+    def sent(self, lease_waited: float, sent_ns: int) -> None:
+        self.waited, self.sent_ns = lease_waited, sent_ns
 
     def server_timing(self, first_byte_ns: int) -> tuple[bytes, bytes]:
         """The response head is going out: the header that tells what the router added."""

@@ -16,6 +16,7 @@ from router.control.dispatch import Dispatched, Gone
 from router.control.state import RouterState
 from router.http.exchanges import Exchange
 from router.messages import (
+    CLIENT_LEFT,
     Admission,
     Admit,
     Admitted,
@@ -40,9 +41,9 @@ class LocalControl:
     def __init__(self, state: RouterState) -> None:
         self._state = state
 
-    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted:
+    async def admit(self, admission: Admission, exchange: Exchange) -> None:
         dispatched = await admit(self._state, admission, exchange.ring)
-        exchange.admitted = True
+        exchange.sent(dispatched.lease.model.id, dispatched.lease.waited)
 
         def finished(future: asyncio.Future[Gone | None]) -> None:
             gone = future.result()
@@ -50,7 +51,6 @@ class LocalControl:
                 exchange.lost_worker(gone.error, gone.orphaned)
 
         dispatched.finished.add_done_callback(finished)
-        return Admitted(0, dispatched.lease.model.id, dispatched.lease.waited)
 
     async def start_session(self, admission: Admission) -> Admitted:
         session = await start_session(self._state, admission)
@@ -111,7 +111,7 @@ class ControlPort:
         except FileNotFoundError:
             reply = Refused(call, 500, ApiError(500, "response ring is gone").json())
         except asyncio.CancelledError:  # the client left: its process waits for a last word
-            reply = Refused(call, 499, b"")
+            reply = Refused(call, CLIENT_LEFT, b"")
         self._send(reply)
 
     def _watch(self, call: int, dispatched: Dispatched) -> None:

@@ -11,6 +11,7 @@ from multiprocessing.connection import Connection
 from router.events import EventHub
 from router.http.exchanges import Exchange
 from router.messages import (
+    CLIENT_LEFT,
     Admission,
     Admit,
     Admitted,
@@ -64,10 +65,11 @@ class RemoteControl:
                 exchange = self._exchanges.get(reply.call)
                 if exchange is not None:
                     if isinstance(reply, Admitted):
-                        exchange.admitted = True
-                        exchange.model_id = reply.model_id
+                        exchange.sent(reply.model_id, reply.waited)
                     else:
                         del self._exchanges[reply.call]
+                        if isinstance(reply, Refused) and reply.status != CLIENT_LEFT:
+                            exchange.failure = RelayedError(reply.status, reply.body)
                 waiting = self._waiting.pop(reply.call, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(reply)
@@ -83,16 +85,16 @@ class RemoteControl:
             waiting.set_exception(SUPERVISOR_GONE)
         return waiting
 
-    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted:
+    async def admit(self, admission: Admission, exchange: Exchange) -> None:
+        """Sends the request to the supervisor and returns at once: the answer comes into the
+        ring whatever the supervisor replies, so the process waits for both together; a
+        refusal ends the exchange with its error."""
         call = next(self._calls)
         self._exchanges[call] = exchange
         exchange.admitting = self._ask(Admit(call, admission, exchange.ring.name), call)
-        try:
-            reply = await asyncio.shield(exchange.admitting)
-        except asyncio.CancelledError:
-            self._tell(Leave(call))
-            raise
-        return _admitted(reply)
+        exchange.leave = lambda: self._tell(Leave(call))
+        if exchange.admitting.done():  # the pipe is closed: the router is stopping
+            exchange.failure = SUPERVISOR_GONE
 
     async def start_session(self, admission: Admission) -> Admitted:
         call = next(self._calls)

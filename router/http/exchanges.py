@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +90,10 @@ class Exchange:
     waker: Waker
     model_id: str = ""
     waited: float = 0.0  # seconds it waited for its model
+    sent_ns: int = 0  # time.monotonic_ns() when it was sent to the worker
     admitted: bool = False
     admitting: asyncio.Future[Any] | None = None  # another process's wait for the supervisor
+    leave: Callable[[], None] | None = None  # tells the supervisor its client left meanwhile
     failure: ApiError | None = None
     worker_gone: bool = False
     orphaned: bool = False  # its worker died before picking it up: safe to send again
@@ -105,6 +109,10 @@ class Exchange:
         if self.admitting is not None and not self.admitting.done():
             return False
         return not self.admitted or self.worker_gone or self.ring.state is not RingState.RUNNING
+
+    def sent(self, model_id: str, waited: float) -> None:
+        self.admitted = True
+        self.model_id, self.waited, self.sent_ns = model_id, waited, time.monotonic_ns()
 
     def lost_worker(self, error: ApiError, orphaned: bool) -> None:
         """Its worker exited before the answer was whole."""
@@ -151,6 +159,8 @@ class Exchanges:
             self._settle(exchange)
             return
         exchange.ring.cancel()
+        if exchange.leave is not None and not exchange.let_go:
+            exchange.leave()
         task = asyncio.get_running_loop().create_task(self._finish(exchange))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

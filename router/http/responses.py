@@ -141,12 +141,11 @@ class RingResponse(FollowingResponse):
         if exchange.failure is not None:
             await _send_json(send, exchange.failure.status, exchange.failure.json())
         else:
-            timing = self._clock.server_timing(ring.first_byte_ns)
-            await _send_json(send, ring.status, b"".join(parts), [timing])
+            await _send_json(send, ring.status, b"".join(parts), [self._server_timing()])
 
     async def _stream(self, send: Send) -> None:
         clock = self._clock
-        headers = [*SSE_HEADERS, clock.server_timing(self.exchange.ring.first_byte_ns)]
+        headers = [*SSE_HEADERS, self._server_timing()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         clock.streaming()
         offset = 0
@@ -159,6 +158,14 @@ class RingResponse(FollowingResponse):
             return
         tail = self.exchange.failure.sse() if self.exchange.failure is not None else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _server_timing(self) -> tuple[bytes, bytes]:
+        """The head goes out; the supervisor's word on the request is in by now, or, sent from
+        another process, may still be on its way (then no wait counts)."""
+        exchange = self.exchange
+        self._clock.model = exchange.model_id or self._clock.model
+        self._clock.sent(exchange.waited, exchange.sent_ns or time.monotonic_ns())
+        return self._clock.server_timing(exchange.ring.first_byte_ns)
 
     async def _follow(self) -> Any:
         """Yield the ring's bytes as they arrive until it ends, fails, or the client leaves."""
@@ -184,6 +191,10 @@ class RingResponse(FollowingResponse):
     async def _wait(self) -> None:
         """Wait for the worker; past --timeout of silence the request fails (and is cancelled)."""
         await self.exchange.waker.wait()
+        admitting = self.exchange.admitting
+        if admitting is not None and not admitting.done():
+            self._quiet_since = time.monotonic()  # the supervisor's --timeout covers this wait
+            return
         if not self._picked_up and self.exchange.ring.taken:
             # silence counts from when a slot took the request, not from its wait in line
             self._picked_up = True

@@ -18,7 +18,9 @@ from workers.session_index import SessionIndex
 class Control(Protocol):
     """The supervisor, as an HTTP process's routes ask it for models."""
 
-    async def admit(self, admission: Admission, exchange: Exchange) -> Admitted: ...
+    async def admit(self, admission: Admission, exchange: Exchange) -> None:
+        """Send the request to its model: once this returns, its answer (or, in
+        `exchange.failure`, why there is none) comes into the exchange's ring."""
 
     async def start_session(self, admission: Admission) -> Admitted: ...
 

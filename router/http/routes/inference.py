@@ -14,7 +14,7 @@ from starlette.routing import Route
 from router.http.exchanges import Exchange
 from router.http.responses import RingResponse, SessionResponse, unless
 from router.http.routes.common import http_state, query_flag, read_body
-from router.messages import Admission
+from router.messages import CLIENT_LEFT, Admission
 from router.metrics import RequestClock
 from workers.errors import ApiError
 from workers.ring import Ring
@@ -40,7 +40,7 @@ async def infer(request: Request) -> Any:
         admission = Admission(route, name, body, autoload, config.timeout, conversation_id)
         ticket = await http.control.start_session(admission)
         clock = RequestClock(http.metrics, ticket.model_id, arrived_ns)
-        clock.sent(ticket.waited)
+        clock.sent(ticket.waited, time.monotonic_ns())
         try:
             ring = Ring.attach(ticket.ring)
         except FileNotFoundError:
@@ -49,24 +49,22 @@ async def infer(request: Request) -> Any:
     deadline = time.monotonic() + config.timeout
 
     async def admitted() -> Exchange:
-        """The request in its model's worker; waits (a resend's included) end at --timeout."""
+        """The request on its way to its model's worker (in the main process, in it); waits
+        (a resend's included) end at --timeout."""
         left = max(0.0, deadline - time.monotonic())
         exchange = http.exchanges.open()
         try:
-            admission = Admission(route, name, body, autoload, left)
-            ticket = await http.control.admit(admission, exchange)
+            await http.control.admit(Admission(route, name, body, autoload, left), exchange)
         except BaseException:
             http.exchanges.close(exchange)
             raise
-        exchange.model_id, exchange.waited = ticket.model_id, ticket.waited
         return exchange
 
     try:
         exchange = await until_disconnect(request, admitted())
     except ClientGone:
-        return Response(status_code=499)
-    clock = RequestClock(http.metrics, exchange.model_id, arrived_ns)
-    clock.sent(exchange.waited)
+        return Response(status_code=CLIENT_LEFT)
+    clock = RequestClock(http.metrics, exchange.model_id or name or "", arrived_ns)
     return RingResponse(exchange, http.exchanges.close, config.timeout, admitted, clock)
 
 
