@@ -17,8 +17,25 @@ from workers.errors import ApiError
 from workers.ring import Ring
 
 
+def admit_at_once(state: RouterState, admission: Admission, ring: Ring) -> Dispatched | None:
+    """A request for a model that is loaded and free: its claim is granted as the supervisor's
+    inbox reads it, and it is sent without a task or a turn of the loop. None when it has to
+    wait (`admit`)."""
+    supervisor = state.supervisor
+    model = supervisor.find(admission.model) if admission.model else None
+    if model is None or not model.ready:
+        return None
+    lease = supervisor.granted_now(supervisor.want(model, admission.autoload))
+    if lease is None:
+        return None
+    return state.dispatch.send(lease, admission.route, admission.body, ring)
+
+
 async def admit(state: RouterState, admission: Admission, ring: Ring) -> Dispatched:
     """The request is in its worker, its answer on the way into `ring`."""
+    dispatched = admit_at_once(state, admission, ring)
+    if dispatched is not None:
+        return dispatched
     model = await _model(state, admission)
     deadline = time.monotonic() + admission.timeout
     while True:

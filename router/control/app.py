@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 
 from starlette.applications import Starlette
@@ -39,8 +39,8 @@ def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None)
     )
     app: Starlette
 
-    def serve_process(conn: Connection) -> ControlPort:
-        return ControlPort(state, app, conn)
+    def serve_process(conn: Connection, on_stuck: Callable[[], None]) -> ControlPort:
+        return ControlPort(state, app, conn, on_stuck)
 
     processes = HttpProcesses(
         config, sockets or [], serve_process, on_gone=state.forget_http_process

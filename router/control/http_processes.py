@@ -39,7 +39,7 @@ class HttpProcesses:
         self,
         config: RouterConfig,
         sockets: list[socket.socket],
-        serve: Callable[[Connection], ControlPort],
+        serve: Callable[[Connection, Callable[[], None]], ControlPort],
         on_gone: Callable[[int], None],
     ) -> None:
         self._config = config
@@ -74,7 +74,7 @@ class HttpProcesses:
         )
         child.start()
         theirs.close()
-        self._running[process] = (child, self._serve(ours))
+        self._running[process] = (child, self._serve(ours, lambda: _kill(child)))
         asyncio.get_running_loop().add_reader(child.sentinel, self._reap, process)
         log.info("HTTP process %d started (pid %s)", process, child.pid)
 
@@ -127,6 +127,12 @@ class HttpProcesses:
                 child.kill()
                 child.join(timeout=1)
         self.close_sockets()
+
+
+def _kill(child: BaseProcess) -> None:
+    if child.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
 
 
 def _own_copy(sock: socket.socket) -> socket.socket:

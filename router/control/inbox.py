@@ -1,12 +1,13 @@
 """The supervisor's inbox: every event that may change the model table, typed. The routes of
 every HTTP process (the others' through router/control/port.py), the workers and the clock
-post them; one task reads them in order and acts (router/control/supervisor.py)."""
+post them; they are read one at a time, in order (router/control/supervisor.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.catalog import ModelSpec
 from router.control.processes import WorkerProcess
@@ -22,6 +23,7 @@ class Want:
     autoload: bool
     touch: bool  # a request, not a look at the model's props or slots
     reply: asyncio.Future[Lease]
+    arrived: float = field(default_factory=time.monotonic)
     failed_loads: int = 0  # the model's count on arrival: a failed load since is the answer
     held_until: float = 0.0  # LLAMA_SERVER_DEBUG_FAKE_TIMING: its load starts later
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
+import threading
+from collections import deque
+from collections.abc import Callable, MutableMapping
 from multiprocessing.connection import Connection
 from typing import Any
 
 from starlette.applications import Starlette
 
-from router.control.admission import admit, start_session
+from router.control.admission import admit, admit_at_once, start_session
 from router.control.dispatch import Dispatched, Gone
 from router.control.state import RouterState
 from router.http.exchanges import Exchange
@@ -33,6 +35,8 @@ from router.messages import (
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
+
+OUTBOX_BYTES = 64 << 20
 
 
 class LocalControl:
@@ -61,10 +65,13 @@ class ControlPort:
     """One HTTP process's requests, served in the supervisor's process, and the model events
     sent back to it."""
 
-    def __init__(self, state: RouterState, app: Starlette, conn: Connection) -> None:
+    def __init__(
+        self, state: RouterState, app: Starlette, conn: Connection, on_stuck: Callable[[], None]
+    ) -> None:
         self._state = state
         self._app = app
         self._conn = conn
+        self._outbox = Outbox(conn, on_stuck)
         self._codec = SupervisorCodec()
         self._loop = asyncio.get_running_loop()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -80,6 +87,8 @@ class ControlPort:
 
     def _on_request(self, request: Request) -> None:
         match request:
+            case Admit() if not request.admission.conversation_id and self._admit_at_once(request):
+                pass
             case Admit():
                 self._spawn(request.call, self._admit(request))
             case Forward():
@@ -93,6 +102,20 @@ class ControlPort:
         task = self._loop.create_task(work)
         self._tasks[call] = task
         task.add_done_callback(lambda _: self._tasks.pop(call, None))
+
+    def _admit_at_once(self, request: Admit) -> bool:
+        """Admitted as the pipe is read, when nothing has to wait: no task, no turn."""
+        try:
+            ring = self._state.dispatch.ring(request.ring)
+        except FileNotFoundError:
+            return False
+        dispatched = admit_at_once(self._state, request.admission, ring)
+        if dispatched is None:
+            return False
+        self._watch(request.call, dispatched)
+        lease = dispatched.lease
+        self._send(Admitted(request.call, lease.model.id, lease.waited))
+        return True
 
     async def _admit(self, request: Admit) -> None:
         admission, call = request.admission, request.call
@@ -133,12 +156,7 @@ class ControlPort:
         self._send(ModelEvent(line))
 
     def _send(self, reply: Reply) -> None:
-        if self._conn.closed:
-            return
-        try:
-            self._conn.send_bytes(self._codec.encode(reply))
-        except OSError:
-            self.close()
+        self._outbox.put(self._codec.encode(reply))
 
     def close(self) -> None:
         """The HTTP process is gone: whatever it waited for is dropped."""
@@ -146,9 +164,62 @@ class ControlPort:
             return
         self._untap()
         self._loop.remove_reader(self._conn.fileno())
+        self._outbox.close()
         self._conn.close()
         for task in list(self._tasks.values()):
             task.cancel()
+
+
+class Outbox:
+    """Messages to an HTTP process go out on a thread of their own, so that a process that
+    stops reading (stuck in a handler, or stopped) never blocks the supervisor's loop. One that
+    falls `limit` bytes behind is given up on (`on_stuck`: it is killed and replaced)."""
+
+    def __init__(
+        self, conn: Connection, on_stuck: Callable[[], None], limit: int = OUTBOX_BYTES
+    ) -> None:
+        self._conn = conn
+        self._on_stuck = on_stuck
+        self._limit = limit
+        self._waiting: deque[bytes] = deque()
+        self._size = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        threading.Thread(target=self._write, name="control-outbox", daemon=True).start()
+
+    def put(self, message: bytes) -> None:
+        with self._ready:
+            if self._closed:
+                return
+            stuck = self._size + len(message) > self._limit
+            if not stuck:
+                self._waiting.append(message)
+                self._size += len(message)
+                self._ready.notify()
+        if stuck:
+            log.error("an HTTP process has not read %d bytes of replies: ending it", self._size)
+            self.close()
+            self._on_stuck()
+
+    def _write(self) -> None:
+        while True:
+            with self._ready:
+                while not self._waiting and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                message = self._waiting.popleft()
+                self._size -= len(message)
+            try:
+                self._conn.send_bytes(message)
+            except OSError:  # the process is gone; its reader sees the end
+                return
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._waiting.clear()
+            self._ready.notify()
 
 
 async def serve_forwarded(

@@ -1,10 +1,15 @@
 """Which models run, and when: states, the LRU victim, one FIFO queue, sleep, TTL and stops.
 
-One owner: a task reads the inbox (router/control/inbox.py), events from the routes of every
-HTTP process, the workers and the clock, one at a time and in order, and only it changes the
-model table. What the queue does next is decided by pure functions (router/control/policy.py);
-the handlers act on it. Slow work (a worker starting or stopping) runs in tasks that post what
-became of it back to the inbox. A request waits on the reply of its `Want`.
+One owner: every change to the model table is an event posted to the inbox
+(router/control/inbox.py), from the routes of every HTTP process, the workers and the clock;
+the events are read one at a time and in order, and only their handlers write the table. What
+the queue does next is decided by pure functions (router/control/policy.py); the handlers act
+on it. Slow work (a worker starting or stopping) runs in tasks that post what became of it back
+to the inbox. A request waits on the reply of its `Want`.
+
+The inbox is read by the call that posts into an idle inbox, at once, until it is empty; an
+event posted while another is handled waits its turn. Reading it from a task of its own would
+cost every request two more turns of the event loop (0.1 ms of a 1 ms warm request, measured).
 
 The rules, in the order the code applies them:
 - A request for a loaded or sleeping model is served at once (a sleeping one is woken).
@@ -151,8 +156,8 @@ class Supervisor:
         self._publishers: list[Publisher] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
-        self._inbox: asyncio.Queue[InboxEvent] = asyncio.Queue()
-        self._owner: asyncio.Task[None] | None = None
+        self._inbox: deque[InboxEvent] = deque()
+        self._reading = False  # an event is being handled: a new one waits its turn
         self._wants: list[Want] = []  # requests waiting for their model, in arrival order
         self._loads: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for their victim
         self._removals: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for the worker
@@ -191,20 +196,40 @@ class Supervisor:
 
     async def acquire(self, model: Model, autoload: bool, touch: bool = True) -> Lease:
         """Wait until `model` is ready for this request; loading it (and evicting) if needed."""
-        started = time.monotonic()
+        return await self.lease_for(self.want(model, autoload, touch))
+
+    def want(self, model: Model, autoload: bool, touch: bool = True) -> Want:
+        """Claim `model` for a request; the claim's reply is the lease (or why not)."""
         want = Want(model, autoload, touch, asyncio.get_running_loop().create_future())
         self.post(RequestArrived(want))
+        return want
+
+    async def lease_for(self, want: Want) -> Lease:
         try:
             lease = await asyncio.shield(want.reply)
         except asyncio.CancelledError:
             self.post(ClientLeft(want))
             raise
-        lease.waited = time.monotonic() - started
-        if touch:
-            self.metrics.queue_wait.labels(model.id).observe(lease.waited)
+        self._count_wait(want, lease)
         if self.config.debug_fake_timing:
             await self._hold_busy(lease)
         return lease
+
+    def granted_now(self, want: Want) -> Lease | None:
+        """The lease, if the claim was granted as the inbox read it; otherwise the claim is
+        withdrawn and None (the request then waits with `acquire`)."""
+        reply = want.reply
+        if self.config.debug_fake_timing or not reply.done() or reply.exception() is not None:
+            self.post(ClientLeft(want))
+            return None
+        lease = reply.result()
+        self._count_wait(want, lease)
+        return lease
+
+    def _count_wait(self, want: Want, lease: Lease) -> None:
+        lease.waited = time.monotonic() - want.arrived
+        if want.touch:
+            self.metrics.queue_wait.labels(want.model.id).observe(lease.waited)
 
     async def _hold_busy(self, lease: Lease) -> None:
         """LLAMA_SERVER_DEBUG_FAKE_TIMING, as llama-server's router: a request counts as in
@@ -216,9 +241,9 @@ class Supervisor:
             raise
 
     def release(self, lease: Lease) -> None:
-        """The worker let go of the request. Said by the owner itself (a worker's report it
-        handles), the lease goes at once, before the next decision."""
-        if asyncio.current_task() is self._owner:
+        """The worker let go of the request. Said while an event is handled (a worker's report),
+        the lease goes at once, before the next decision."""
+        if self._reading:
             self._release(lease)
         else:
             self.post(Released(lease))
@@ -295,7 +320,7 @@ class Supervisor:
             self._pump()
 
     def _lease_now(self, model: Model, touch: bool) -> Lease | None:
-        if model.status is not Status.LOADED or model.draining or model.worker is None:
+        if not model.ready or model.worker is None:
             return None
         model.in_flight += 1
         if touch:
@@ -620,14 +645,12 @@ class Supervisor:
     # --- time ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the owner and the clock, and load the `load-on-startup` models."""
-        loop = asyncio.get_running_loop()
-        self._owner = loop.create_task(self._read_inbox())
+        """Load the `load-on-startup` models and start the clock."""
         self._spares.start()
         for model in self.models.values():
             if model.spec.load_on_startup:
                 self._start(model)
-        self._ticker = loop.create_task(self._tick_forever())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
         while True:
@@ -660,7 +683,7 @@ class Supervisor:
         return worker.silent_for(now) > self.config.heartbeat_seconds
 
     async def shutdown(self) -> None:
-        """Stop every worker (none is kept for later) and, once they are gone, the owner."""
+        """Stop every worker (none is kept for later) and wait until they are gone."""
         if self._ticker is not None:
             self._ticker.cancel()
         reply: asyncio.Future[list[Awaitable[int]]] = asyncio.get_running_loop().create_future()
@@ -668,8 +691,6 @@ class Supervisor:
         stops = await reply
         await asyncio.gather(self._spares.stop(), *stops, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._owner is not None:
-            self._owner.cancel()
 
     def _stop_all(self, reply: asyncio.Future[list[Awaitable[int]]]) -> None:
         for model in self.models.values():
@@ -680,17 +701,23 @@ class Supervisor:
     # --- the inbox ----------------------------------------------------------------------------
 
     def post(self, event: InboxEvent) -> None:
-        self._inbox.put_nowait(event)
+        self._inbox.append(event)
+        if self._reading:
+            return  # the reading under way comes to it
+        self._reading = True
+        try:
+            while self._inbox:
+                self._read(self._inbox.popleft())
+        finally:
+            self._reading = False
 
-    async def _read_inbox(self) -> None:
-        while True:
-            event = await self._inbox.get()
-            try:
-                self._handle(event)
-                self._answer_waiting()
-            except Exception as error:  # a bug in one handler must not stop the scheduling
-                log.exception("supervisor: handling %s failed", type(event).__name__)
-                _fail_reply(event, ApiError(500, f"internal error: {type(error).__name__}"))
+    def _read(self, event: InboxEvent) -> None:
+        try:
+            self._handle(event)
+            self._answer_waiting()
+        except Exception as error:  # a bug in one handler must not stop the scheduling
+            log.exception("supervisor: handling %s failed", type(event).__name__)
+            _fail_reply(event, ApiError(500, f"internal error: {type(error).__name__}"))
 
     def _handle(self, event: InboxEvent) -> None:
         match event:

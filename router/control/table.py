@@ -57,6 +57,11 @@ class Model:
         return self.spec.id
 
     @property
+    def ready(self) -> bool:
+        """Whether a request for it is served at once."""
+        return self.status is Status.LOADED and not self.draining and self.worker is not None
+
+    @property
     def idle(self) -> bool:
         return self.in_flight == 0 and self.wanted == 0
 
