@@ -9,9 +9,15 @@ process itself (workers/notes.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import TypeVar
+
 import msgspec
 
 from workers.errors import ApiError
+
+T = TypeVar("T")
 
 
 class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -126,6 +132,18 @@ class HttpCodec:
     def __init__(self) -> None:
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode = msgspec.msgpack.Decoder(Reply).decode
+
+
+def read_waiting(
+    conn: Connection, decode: Callable[[bytes], T], handle: Callable[[T], None]
+) -> bool:
+    """Handle every whole message waiting on `conn`; False once its other end is gone."""
+    try:
+        while conn.poll():
+            handle(decode(conn.recv_bytes()))
+    except (EOFError, OSError):
+        return False
+    return True
 
 
 class RelayedError(ApiError):

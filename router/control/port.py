@@ -31,6 +31,7 @@ from router.messages import (
     Request,
     SupervisorCodec,
     WorkerGone,
+    read_waiting,
 )
 from workers.errors import ApiError
 
@@ -79,10 +80,7 @@ class ControlPort:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        try:
-            while self._conn.poll():
-                self._on_request(self._codec.decode(self._conn.recv_bytes()))
-        except (EOFError, OSError):
+        if not read_waiting(self._conn, self._codec.decode, self._on_request):
             self.close()
 
     def _on_request(self, request: Request) -> None:

@@ -25,6 +25,7 @@ from router.messages import (
     Reply,
     Request,
     WorkerGone,
+    read_waiting,
 )
 from workers.errors import ApiError
 
@@ -44,10 +45,7 @@ class RemoteControl:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        try:
-            while self._conn.poll():
-                self._on_reply(self._codec.decode(self._conn.recv_bytes()))
-        except (EOFError, OSError):
+        if not read_waiting(self._conn, self._codec.decode, self._on_reply):
             self._loop.remove_reader(self._conn.fileno())
             for waiting in self._waiting.values():
                 if not waiting.done():
