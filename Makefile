@@ -43,8 +43,13 @@ lint: install-test
 	$(BIN)/ruff check router workers tests bench
 	$(BIN)/mypy router workers
 
+# The suite, then its core once more with two HTTP processes (requests land on either one).
+HTTP_WORKERS_TESTS := tests/test_streams.py tests/test_inference.py tests/test_events.py \
+	tests/test_models_api.py tests/test_scheduling.py
+
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+	LLAMA_ARG_HTTP_WORKERS=2 $(BIN)/pytest $(HTTP_WORKERS_TESTS)
 
 # The long soak: 200 clients for 60 s (make test runs a short one).
 soak: install-test
