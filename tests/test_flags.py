@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from router.flags import canonical_key, parse_model_flags, preset_value
 from router.model_settings import model_settings
@@ -149,3 +152,14 @@ def test_model_flags_become_llama_cpp_settings(tmp_path: Path) -> None:
     assert settings.loras == [(str(adapter), 0.5)]
     assert settings.yarn == {"yarn_orig_ctx": 2048}
     assert settings.offload_kqv is False
+
+
+def test_http_workers_auto_is_one_per_core_and_a_count_is_bounded() -> None:
+    from router.cli import config_from_args
+
+    assert config_from_args(["--http-workers", "auto"]).http_workers == len(os.sched_getaffinity(0))
+    assert config_from_args(["--http-workers", "3"]).http_workers == 3
+    assert config_from_args([]).http_workers == 1
+    for wrong in ("0", "65", "many"):
+        with pytest.raises(SystemExit):
+            config_from_args(["--http-workers", wrong])

@@ -416,6 +416,32 @@ def test_inference_and_model_routes_work_through_every_process(start) -> None:
     assert model_status(main, "tiny-b") == "unloaded"
 
 
+def test_metrics_count_the_requests_of_every_process(start) -> None:
+    """`/metrics` (served by the main process) counts the requests a child served too, and a
+    CORS preflight is answered by a child as by the main process."""
+    server = start(2, "--metrics", "--cors-origins", "http://page.example")
+    main, child = main_and_child(server)
+    for _ in range(5):
+        assert child.post("/v1/completions", json=COMPLETION).status_code == 200
+    assert main.post("/v1/completions", json=COMPLETION).status_code == 200
+    page = child.get("/metrics").text
+    served = [
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("llamarouter_http_request_duration_seconds_count{")
+        and 'route="/v1/completions"' in line
+        and 'status="2xx"' in line
+    ]
+    assert served == [6.0], page
+    for via in (main, child):
+        preflight = via.request(
+            "OPTIONS",
+            "/v1/completions",
+            headers={"Origin": "http://page.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.headers["access-control-allow-origin"] == "http://page.example"
+
+
 def test_api_keys_are_checked_by_every_process(start) -> None:
     """With `--api-key k`, the main process and a child both answer 401 to a request without
     the key, serve it with the key, and leave `/health` public."""

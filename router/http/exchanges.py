@@ -159,7 +159,8 @@ class Exchanges:
             self._settle(exchange)
             return
         exchange.ring.cancel()
-        if exchange.leave is not None and not exchange.let_go:
+        admitting = exchange.admitting
+        if exchange.leave is not None and admitting is not None and not admitting.done():
             exchange.leave()
         task = asyncio.get_running_loop().create_task(self._finish(exchange))
         self._closing.add(task)

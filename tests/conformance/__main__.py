@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-k", dest="keyword", help="pytest -k expression, for both runs")
     parser.add_argument(
+        "--router-flags",
+        default="",
+        help="flags added to every llama-router the tests start, e.g. `--http-workers 2`",
+    )
+    parser.add_argument(
         "--test-timeout", type=int, default=300, help="seconds before one test counts as failed"
     )
     parser.add_argument(
@@ -83,13 +89,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def router_wrapper(into: Path) -> Path:
-    """What the tests start as their llama-server: this checkout's llama-router."""
+def router_wrapper(into: Path, flags: str = "") -> Path:
+    """What the tests start as their llama-server: this checkout's llama-router, with `flags`
+    after the tests' own."""
     router = Path(sys.executable).parent / "llama-router"
     if not router.is_file():
         raise SystemExit(f"{router} is missing: run `make install-test` first")
     wrapper = into / "llama-router-as-llama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{router}" "$@"\n')
+    extra = " ".join(shlex.quote(flag) for flag in shlex.split(flags))
+    wrapper.write_text(f'#!/bin/sh\nexec "{router}" "$@" {extra}\n')
     wrapper.chmod(0o755)
     return wrapper
 
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     sdist = fetch_sdist(version, SCRATCH / "sdist")
     tests = extract_server_tests(sdist, SCRATCH / "src")
     python = tests_venv(tests, SCRATCH / "venv")
-    wrapper = router_wrapper(SCRATCH)
+    wrapper = router_wrapper(SCRATCH, args.router_flags)
     with tempfile.TemporaryDirectory(prefix="conformance-models-") as models:
         hub = build_hub(Path(models))
         try:
