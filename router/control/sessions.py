@@ -58,12 +58,16 @@ class Session:
         )
 
     def lookup_row(self) -> dict[str, Any]:
+        # Its readers see the end in the ring before the worker's `Ended` reaches the session:
+        # a client that has its last byte and looks the session up finds it done.
+        done = self.state is SessionState.DONE or self.ring.state is not RingState.RUNNING
+        completed_ns = self.completed_ns or (self.ring.ended_ns if done else 0)
         return {
             "conversation_id": self.conversation_id,
-            "is_done": self.state is SessionState.DONE,
+            "is_done": done,
             "total_bytes": self.ring.write_pos,
             "started_at": self.started_ns // 1_000_000_000,
-            "completed_at": self.completed_ns // 1_000_000_000,
+            "completed_at": completed_ns // 1_000_000_000,
         }
 
 
