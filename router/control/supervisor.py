@@ -750,7 +750,7 @@ class Supervisor:
     def _answer_waiting(self) -> None:
         """After every event: answer the requests, loads and removals it settled, until one
         more pass changes nothing (an answer may start or wake a model for the next)."""
-        while True:
+        while self._wants or self._loads or self._removals:
             before = self._table_version()
             for want in list(self._wants):
                 answer = self._answer(want)
