@@ -1,12 +1,17 @@
-"""The supervisor's end of an HTTP process's pipe, without a router."""
+"""The supervisor's side of an HTTP process: its pipe and its rings, without a router."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import os
 import threading
 import time
+from types import SimpleNamespace
 
+from router.control.dispatch import Dispatch
 from router.control.port import Outbox
+from workers.ring import Ring
 
 
 def test_a_process_that_stops_reading_never_blocks_the_supervisor() -> None:
@@ -33,3 +38,28 @@ def test_messages_go_out_whole_and_in_order() -> None:
     outbox.close()
     theirs.close()
     ours.close()
+
+
+def test_a_ring_its_http_process_reset_counts_as_finished() -> None:
+    """The supervisor frees a request's model once its ring is done, even before the worker's
+    `Ended` arrives, and also when the HTTP process already took the ring back for another
+    request (a reset ring reads as running again)."""
+
+    async def scenario() -> None:
+        ring = Ring.create(f"llama_router_{os.getpid()}_99", 4096, backpressure=True)
+        try:
+            released: list[object] = []
+            dispatch = Dispatch(released.append)
+            lease = SimpleNamespace(worker=SimpleNamespace(send=lambda command: True))
+            dispatch.send(lease, "/completion", b"{}", ring)  # type: ignore[arg-type]
+            dispatch.settle_finished()
+            assert released == []
+            ring.finish()
+            ring.reset()
+            dispatch.settle_finished()
+            assert released == [lease]
+        finally:
+            ring.close()
+            ring.unlink()
+
+    asyncio.run(scenario())

@@ -27,7 +27,7 @@ _READERS = 16
 HEADER_BYTES = (_READERS + MAX_READER_PROCESSES) * 8
 
 _MAGIC, _CAPACITY, _WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _FLAGS = range(8)
-_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS, _KEY = range(8, 15)
+_STATUS, _MEDIA, _STARTED_NS, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS, _KEY, _USES = range(8, 16)
 
 # what one request leaves in the header of a pooled ring
 _PER_REQUEST = (_WRITE, _RESERVE, _STATE, _CANCEL, _ACK, _MEDIA, _ENDED_NS, _TAKEN, _FIRST_BYTE_NS)
@@ -142,6 +142,11 @@ class Ring:
         return self._words[_KEY]
 
     @property
+    def uses(self) -> int:
+        """How many requests a pooled ring has served before the one it serves now."""
+        return self._words[_USES]
+
+    @property
     def write_pos(self) -> int:
         return self._words[_WRITE]
 
@@ -204,6 +209,7 @@ class Ring:
         """Make a finished ring ready for its next request (owner only, nobody else using it)."""
         for word in _PER_REQUEST:
             self._words[word] = 0
+        self._words[_USES] += 1
         self._words[_STATUS] = 200
         self._words[_STARTED_NS] = time.time_ns()
 

@@ -35,6 +35,7 @@ class Dispatched:
     lease: Lease
     # None once the worker let go of the ring, Gone if it exited first
     finished: asyncio.Future[Gone | None]
+    uses: int  # the ring's, when it was sent
 
 
 class Dispatch:
@@ -60,7 +61,7 @@ class Dispatch:
             self._release(lease)
             return None
         finished: asyncio.Future[Gone | None] = asyncio.get_running_loop().create_future()
-        dispatched = Dispatched(request_id, ring, lease, finished)
+        dispatched = Dispatched(request_id, ring, lease, finished, ring.uses)
         self._open[request_id] = dispatched
         return dispatched
 
@@ -70,9 +71,12 @@ class Dispatch:
             self._settle(dispatched, None)
 
     def settle_finished(self) -> None:
-        """Release the requests whose worker has finished their ring, before its `Ended`."""
+        """Release the requests whose worker has finished their ring, before its `Ended`: the
+        ring says so, or its HTTP process has already reset it for another request (which it
+        does only once the worker let go)."""
         for dispatched in list(self._open.values()):
-            if dispatched.ring.state is not RingState.RUNNING:
+            ring = dispatched.ring
+            if ring.state is not RingState.RUNNING or ring.uses != dispatched.uses:
                 self.ended(dispatched.request_id)
 
     def worker_gone(self, worker: WorkerProcess) -> None:
