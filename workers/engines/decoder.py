@@ -84,6 +84,9 @@ class Sequence:
     out: deque[int] = field(default_factory=deque)
     out_probs: deque[TokenProbs] = field(default_factory=deque)  # beside `out`, if asked for
     forced: deque[int] = field(default_factory=deque)  # to be taken instead of sampled
+    # sees each sampled token on the decoder thread and may answer the tokens to force next,
+    # so that a thinking budget ends at its token and not a reader's lookahead later
+    steer: Callable[[int], list[int] | None] | None = None
     done: bool = False  # no more tokens will come
     closing: bool = False  # its reader has gone
     error: str | None = None
@@ -153,6 +156,7 @@ class Decoder:
         params: dict[str, Any] | None = None,
         top_probs: int | None = None,
         forced: list[int] | None = None,
+        steer: Callable[[int], list[int] | None] | None = None,
     ) -> Sequence:
         """A sequence for `prompt` in the free slot that has most of it cached."""
         with self._lock:
@@ -166,6 +170,7 @@ class Decoder:
             )
             sequence.started = time.perf_counter()
             sequence.forced.extend(forced or [])
+            sequence.steer = steer
             slot.sequence = sequence
             self._admitted.append(sequence)
             self._work.notify()
@@ -193,12 +198,6 @@ class Decoder:
                     probs = list(sequence.out_probs)
                     sequence.out_probs.clear()
             yield from zip(taken, probs, strict=True)
-
-    def force(self, sequence: Sequence, tokens: list[int]) -> None:
-        """The sequence's next tokens are these, not sampled (a thinking budget's end)."""
-        with self._lock:
-            sequence.forced.extend(tokens)
-            self._work.notify()
 
     def close(self, sequence: Sequence) -> None:
         with self._lock:
@@ -527,7 +526,10 @@ class Decoder:
             token = sequence.forced.popleft()
             sequence.sampler.accept(token)  # the penalties and the grammar see it
             return token
-        return sequence.sampler.sample(self._ctx, index, self._candidates)
+        token = sequence.sampler.sample(self._ctx, index, self._candidates)
+        if sequence.steer is not None and (forced := sequence.steer(token)):
+            sequence.forced.extend(forced)
+        return token
 
     def _count_decode(self) -> None:
         counters = self.counters

@@ -130,6 +130,11 @@ class ThinkingBudget:
             return self.closing
         return None
 
+    def steering(self, vocab: Any) -> Callable[[int], list[int] | None]:
+        """after() for each sampled token, for the decoder to call as it samples."""
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda token: self.after(utf8.decode(token_piece(vocab, token)))
+
 
 def grammar_for(request: dict[str, Any], vocab: Any) -> LlamaGrammar | None:
     """llama-server's `grammar` / `json_schema`, or OpenAI's `response_format`."""
@@ -200,9 +205,12 @@ def generate(
     shown["n_predict"] = -1 if max_tokens is None else max_tokens
     top_probs = params.get("top_probs")
     budget: ThinkingBudget | None = params.get("thinking_budget")
-    forced = budget.at_start() if budget is not None else None
+    forced = steer = None
+    if budget is not None:
+        forced = budget.at_start()
+        steer = budget.steering(vocab)
     sequence = decoder.start(
-        prompt_tokens, sampler, max_tokens, cancelled, reuse, shown, top_probs, forced
+        prompt_tokens, sampler, max_tokens, cancelled, reuse, shown, top_probs, forced, steer
     )
     outcome.started = sequence.started
     try:
@@ -222,8 +230,6 @@ def generate(
             if ends:
                 outcome.finish_reason = "stop"
                 break
-            if budget is not None and (closing := budget.after(piece)):
-                decoder.force(sequence, closing)
             text = held + piece
             found = _first_stop(text, stops)
             if found is not None:
