@@ -55,8 +55,8 @@ class RouterProcess:
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # a connection may wait for an HTTP process that is still starting
             time.sleep(0.05)
         raise TimeoutError(f"router did not come up:\n{self.log()}")
 
