@@ -29,6 +29,7 @@ from bench import (
     scheduling,
     slots,
     streams,
+    upstream,
 )
 from bench.targets import Target, find_reference, reference_target, router_target
 from router.bundled import BUNDLED_DIR, gemma_model
@@ -119,6 +120,7 @@ def main() -> None:
         "metrics",
         "features",
         "http-workers",
+        "upstream",
     ]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
@@ -132,7 +134,7 @@ def main() -> None:
         "--runs",
         type=int,
         default=3,
-        help="repeats of the cores, slots, features and http-workers parts",
+        help="repeats of the cores, slots, features, http-workers and upstream parts",
     )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
@@ -234,6 +236,22 @@ def main() -> None:
         flags = ["-c", "4096", "--models-max", "4"]
         results["http-workers"] = http_workers.run(
             lambda more: router_target(models, work / "cache", [*flags, *more]),
+            work,
+            args.runs,
+            args.requests,
+        )
+    if "upstream" in args.parts:
+        flags = ["-c", "4096", "--models-max", "4"]
+        far = (
+            reference_target(reference, models, flags)
+            if reference
+            else router_target(models, work / "cache", flags)
+        )
+        results["upstream"] = upstream.run(
+            far,
+            lambda preset: router_target(
+                models, work / "cache", [*flags, "--models-preset", str(preset)]
+            ),
             work,
             args.runs,
             args.requests,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from router import hf_cache, hf_presets
 from router.config import RouterConfig, parse_bool
 from router.flags import PRESET_ONLY_KEYS
 from router.presets import Presets, split_list
+from router.upstream import UpstreamServer, UpstreamTarget, parse_upstream_server
 from workers.download import MANIFEST
 
 log = logging.getLogger("llama-router")
@@ -27,11 +29,12 @@ log = logging.getLogger("llama-router")
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 CACHE_MODELS_DIR = "models"
+UPSTREAM = "upstream"
 
 
 class ModelSpec(msgspec.Struct, kw_only=True):
     id: str
-    source: str  # preset | models_dir | cache
+    source: str  # preset | models_dir | cache | upstream
     path: str | None = None
     mmproj: str | None = None
     aliases: list[str] = []
@@ -48,9 +51,11 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     # `hf-repo` (and `hf-file`) of a preset whose model is not in the cache yet: fetched on load
     hf_repo: str | None = None
     hf_file: str | None = None
+    upstream: UpstreamTarget | None = None  # served by another server, never by a worker here
 
     def same_settings(self, other: ModelSpec) -> bool:
-        return (self.path, self.mmproj, self.flags) == (other.path, other.mmproj, other.flags)
+        mine = (self.path, self.mmproj, self.flags, self.upstream)
+        return mine == (other.path, other.mmproj, other.flags, other.upstream)
 
 
 class FoundFiles(msgspec.Struct):
@@ -109,9 +114,13 @@ def _manifest_id(folder: Path) -> str | None:
 
 
 def build_catalog(
-    config: RouterConfig, presets: Presets, bundled: list[FoundFiles]
+    config: RouterConfig,
+    presets: Presets,
+    bundled: list[FoundFiles],
+    listed: dict[UpstreamServer, list[str]] | None = None,
 ) -> dict[str, ModelSpec]:
-    """Every known model by id, settings merged as command line > model section > `[*]`."""
+    """Every known model by id, settings merged as command line > model section > `[*]`;
+    `listed` holds what each `--upstream` server last said it serves."""
     found: dict[str, tuple[str, FoundFiles]] = {}
     cache_models = Path(config.cache_dir) / CACHE_MODELS_DIR
     for files in scan_models_dir(cache_models):
@@ -125,6 +134,11 @@ def build_catalog(
             found[files.id] = ("models_dir", files)
 
     specs: dict[str, ModelSpec] = {}
+    for server, remote_ids in (listed or {}).items():
+        for remote_id in remote_ids:
+            model_id = f"{server.prefix}/{remote_id}"
+            target = UpstreamTarget(server.base, remote_id)
+            specs[model_id] = ModelSpec(id=model_id, source="upstream", upstream=target)
     for model_id, (source, files) in found.items():
         section = presets.sections.get(model_id)
         specs[model_id] = _spec(
@@ -137,9 +151,10 @@ def build_catalog(
         )
         specs[model_id].can_remove = source == "cache" and files not in bundled
     for model_id, section in presets.sections.items():
-        if model_id in specs:
-            continue
-        specs[model_id] = _preset_spec(model_id, section, presets.defaults, config)
+        if UPSTREAM in section:
+            specs[model_id] = _upstream_spec(model_id, section)
+        elif model_id not in specs or specs[model_id].upstream is not None:
+            specs[model_id] = _preset_spec(model_id, section, presets.defaults, config)
     _hide_deduplicated(specs, presets, config.cache_dir)
     _drop_clashing_aliases(specs)
     return specs
@@ -165,6 +180,30 @@ def _preset_spec(
             spec.error = f"preset '{model_id}': {error}"
     elif files is None:
         spec.error = f"preset '{model_id}' has no `model` path or `hf-repo`"
+    return spec
+
+
+def _upstream_spec(model_id: str, section: dict[str, str]) -> ModelSpec:
+    """A preset served by another OpenAI-compatible server: `upstream = URL`."""
+    spec = ModelSpec(
+        id=model_id,
+        source="upstream",
+        aliases=split_list(section.get("alias")),
+        tags=split_list(section.get("tags")),
+        preset=section,
+    )
+    key = section.get("upstream-api-key")
+    key_env = section.get("upstream-api-key-env")
+    if key is None and key_env:
+        key = os.environ.get(key_env)
+        if key is None:
+            spec.error = f"preset '{model_id}': environment variable {key_env} is not set"
+    try:
+        server = parse_upstream_server(section[UPSTREAM])
+    except ValueError as error:
+        spec.error = f"preset '{model_id}': {error}"
+        return spec
+    spec.upstream = UpstreamTarget(server.base, section.get("upstream-model", model_id), key)
     return spec
 
 

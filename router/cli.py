@@ -30,6 +30,7 @@ from router.http.process import configure_logging, uvicorn_config
 from router.http.routes.ops import build_info
 from router.model_settings import model_settings
 from router.presets import PresetError, split_list
+from router.upstream import parse_upstream_server
 from workers.cores import physical_cores
 from workers.download import DownloadError
 from workers.errors import ApiError
@@ -83,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("LLAMA_ARG_MODELS_MAX", "4") or 4),
         help="running models at most; 0 = no limit",
+    )
+    add(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        type=parse_upstream_server,
+        default=[],
+        metavar="[PREFIX=]URL",
+        help="list every model of this OpenAI-compatible server (its /v1 base URL) as "
+        "PREFIX/ID (PREFIX: the URL's host); repeatable",
+    )
+    add(
+        "--upstream-check-seconds",
+        type=float,
+        default=5.0,
+        help="how often each upstream server's models route is asked whether it is up",
     )
     autoload = parse_bool(_env("LLAMA_ARG_MODELS_AUTOLOAD", "true") or "true")
     add("--models-autoload", dest="models_autoload", action="store_true", default=autoload)
@@ -227,6 +244,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         models_dir=args.models_dir,
         models_preset=args.models_preset,
         models_max=args.models_max,
+        upstreams=args.upstreams,
+        upstream_check_seconds=args.upstream_check_seconds,
         models_autoload=args.models_autoload,
         slots_endpoint=args.slots,
         metrics_endpoint=args.metrics,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from router.upstream import UpstreamServer
+
 _TRUE = frozenset({"1", "true", "yes", "on", "enabled", ""})
 _FALSE = frozenset({"0", "false", "no", "off", "disabled"})
 
@@ -33,6 +35,8 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     models_dir: str | None = None
     models_preset: str | None = None
     models_max: int = 4
+    upstreams: list[UpstreamServer] = []  # --upstream: servers whose every model is listed
+    upstream_check_seconds: float = 5.0  # how often each upstream's models route is asked
     threads: int = 1  # cores the model workers share (--threads; default the physical cores)
     poll: int | None = None  # llama-server's --poll: how long idle llama.cpp threads spin
     slots_endpoint: bool = True  # GET /slots, as llama-server's --slots

@@ -26,6 +26,10 @@ PRESET_ONLY_KEYS = frozenset(
         "ttl",
         "hf-repo",
         "hf-file",
+        "upstream",
+        "upstream-model",
+        "upstream-api-key",
+        "upstream-api-key-env",
     }
 )
 _PRESET_BOOLEANS = frozenset({"load-on-startup", "pin", "dedup-cache-models"})

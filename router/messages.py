@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
+from router.upstream import UpstreamRoute
 from workers.errors import ApiError
 
 T = TypeVar("T")
@@ -115,7 +116,14 @@ class ModelEvent(_Message, tag="model_event", frozen=True):
     line: bytes
 
 
-Reply = Admitted | Refused | WorkerGone | Answer | ModelEvent
+class UpstreamRoutes(_Message, tag="upstream_routes", frozen=True):
+    """Every name of the models other servers serve, whose requests the HTTP process proxies
+    itself; sent at its start and after every new catalog."""
+
+    routes: dict[str, UpstreamRoute]
+
+
+Reply = Admitted | Refused | WorkerGone | Answer | ModelEvent | UpstreamRoutes
 
 
 class SupervisorCodec:

@@ -369,7 +369,7 @@ def model_view(model: Model) -> ModelView:
     figures = model.engine.read(worker.counters if worker is not None else None)
     return ModelView(
         model.id,
-        "failed" if model.failed and not model.status.running else model.status.public,
+        "failed" if model.failed and not model.status.running else model.public_status,
         figures,
         model.engine.window(figures),
         model.wanted,

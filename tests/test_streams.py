@@ -15,7 +15,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from router.catalog import ModelSpec
 from router.control.sessions import Streams
+from router.control.table import Model
 from tests.server import RouterProcess, segments_of
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
@@ -284,9 +286,10 @@ class NeverLoads:
 @pytest.mark.parametrize("started", [False, True], ids=["before its task ran", "in acquire"])
 def test_a_session_stopped_while_waiting_answers_its_post(started: bool) -> None:
     async def scenario() -> None:
-        streams = Streams(NeverLoads(), None, 4096, 300, slots=4)  # type: ignore[arg-type]
+        streams = Streams(NeverLoads(), None, None, 4096, 300, slots=4)  # type: ignore[arg-type]
         try:
-            session = streams.start("conv", None, "/completion", b"{}", True)  # type: ignore[arg-type]
+            model = Model(ModelSpec(id="m", source="models_dir"))
+            session = streams.start("conv", model, "/completion", b"{}", True)
             if started:
                 await asyncio.sleep(0.05)
             streams.delete("conv")

@@ -51,7 +51,15 @@ from workers.protocol import (
     Wake,
     Woke,
 )
-from workers.ring import AttachedRings, Cancelled, Media, Ring, RingState
+from workers.ring import (
+    AttachedRings,
+    Cancelled,
+    Media,
+    Ring,
+    RingState,
+    with_event_id,
+    write_error,
+)
 
 if TYPE_CHECKING:
     from workers.engines.llama_cpp import LlamaEngine
@@ -357,29 +365,11 @@ def serve(engine: LlamaEngine, rings: AttachedRings, request: Infer, notes: Note
     except Cancelled:
         pass
     except ApiError as error:
-        _write_error(ring, error, started)
+        write_error(ring, error, started)
     except Exception as error:  # a bug or an engine failure must not kill the worker
-        _write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
+        write_error(ring, ApiError(500, f"{type(error).__name__}: {error}"), started)
     finally:
         ring.finish(RingState.DONE)
         notes.done(request.request_id, ring)
         if not request.pooled:
             ring.close()
-
-
-def with_event_id(event: bytes, start: int) -> bytes:
-    """Prefix `id: N` where N is the ring offset just past this very event."""
-    digits = len(str(start + len(event)))
-    while True:
-        end = start + len(event) + len(b"id: \n") + digits
-        if len(str(end)) == digits:
-            return b"id: %d\n" % end + event
-        digits = len(str(end))
-
-
-def _write_error(ring: Ring, error: ApiError, started: bool) -> None:
-    if started:
-        ring.write(error.sse())
-    else:
-        ring.begin(error.status, Media.JSON)
-        ring.write(error.json())

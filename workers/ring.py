@@ -20,6 +20,8 @@ from multiprocessing import resource_tracker, shared_memory
 
 import psutil
 
+from workers.errors import ApiError
+
 MAGIC = 0x4C4C52494E4732  # "LLRING2"
 # HTTP processes that may follow one ring; each has one word of the header (see `follow`).
 MAX_READER_PROCESSES = 64
@@ -334,3 +336,22 @@ def process_alive(pid: int) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+def with_event_id(event: bytes, start: int) -> bytes:
+    """Prefix `id: N` where N is the ring offset just past this very event."""
+    digits = len(str(start + len(event)))
+    while True:
+        end = start + len(event) + len(b"id: \n") + digits
+        if len(str(end)) == digits:
+            return b"id: %d\n" % end + event
+        digits = len(str(end))
+
+
+def write_error(ring: Ring, error: ApiError, started: bool) -> None:
+    """A failure, as a last event once the stream has begun, else as the JSON answer."""
+    if started:
+        ring.write(error.sse())
+    else:
+        ring.begin(error.status, Media.JSON)
+        ring.write(error.json())

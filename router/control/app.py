@@ -36,6 +36,7 @@ def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None)
         state.streams.index,
         LocalControl(state),
         state.metrics,
+        state.upstream_client,
     )
     app: Starlette
 
@@ -57,6 +58,7 @@ def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None)
         http.exchanges.watch.start()
         state.supervisor.start()
         state.streams.start_gc()
+        state.upstreams.start()
         processes.start()
         try:
             yield
@@ -77,4 +79,6 @@ async def shutdown(state: RouterState, http: HttpState, processes: HttpProcesses
     await state.supervisor.shutdown()
     await state.dispatch.drain()
     await state.streams.close()
+    await state.upstreams.stop()
+    await state.upstream_client.close()
     remove_shared_dir()

@@ -97,6 +97,14 @@ class WorkerExited:
 
 
 @dataclass(frozen=True, eq=False)
+class UpstreamChecked:
+    """An upstream server answered its models route (`unreachable` None), or why it did not."""
+
+    base: str
+    unreachable: str | None
+
+
+@dataclass(frozen=True, eq=False)
 class Tick:
     now: float
 
@@ -118,6 +126,7 @@ InboxEvent = (
     | CatalogRead
     | WorkerReported
     | WorkerExited
+    | UpstreamChecked
     | Tick
     | Stop
 )

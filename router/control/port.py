@@ -30,9 +30,11 @@ from router.messages import (
     Reply,
     Request,
     SupervisorCodec,
+    UpstreamRoutes,
     WorkerGone,
     read_waiting,
 )
+from router.upstream import UpstreamRoute
 from workers.errors import ApiError
 
 log = logging.getLogger("llama-router")
@@ -61,6 +63,12 @@ class LocalControl:
         session = await start_session(self._state, admission)
         return Admitted(0, session.model.id, session.waited, session.ring.name)
 
+    def upstream(self, name: str) -> UpstreamRoute | None:
+        model = self._state.supervisor.find(name)
+        if model is None or model.spec.upstream is None:
+            return None
+        return UpstreamRoute(model.id, model.spec.upstream)
+
 
 class ControlPort:
     """One HTTP process's requests, served in the supervisor's process, and the model events
@@ -77,6 +85,8 @@ class ControlPort:
         self._loop = asyncio.get_running_loop()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._untap = state.events.tap(self._send_event)
+        self._stop_reading_catalog = state.supervisor.on_catalog(self._send_upstreams)
+        self._send_upstreams()
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
@@ -153,6 +163,9 @@ class ControlPort:
     def _send_event(self, line: bytes) -> None:
         self._send(ModelEvent(line))
 
+    def _send_upstreams(self) -> None:
+        self._send(UpstreamRoutes(self._state.supervisor.upstream_routes()))
+
     def _send(self, reply: Reply) -> None:
         self._outbox.put(self._codec.encode(reply))
 
@@ -161,6 +174,7 @@ class ControlPort:
         if self._conn.closed:
             return
         self._untap()
+        self._stop_reading_catalog()
         self._loop.remove_reader(self._conn.fileno())
         self._outbox.close()
         self._conn.close()

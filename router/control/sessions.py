@@ -8,6 +8,7 @@ DELETE or a new request with the same id stops it. Finished sessions are dropped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -17,8 +18,11 @@ from typing import Any
 from router.control.dispatch import Dispatch, Dispatched
 from router.control.supervisor import Supervisor
 from router.control.table import Model
+from router.control.upstream_sessions import copy_upstream
 from router.http.exchanges import new_segment_name
+from router.upstream import UpstreamClient, UpstreamRoute
 from workers.errors import ApiError
+from workers.notes import NoteSender
 from workers.ring import Ring, RingState
 from workers.session_index import MAX_ID_BYTES, SessionEntry, SessionIndex, SessionState, index_name
 
@@ -44,6 +48,7 @@ class Session:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     task: asyncio.Task[None] | None = None
+    copying: bool = False  # from an upstream server, by the main process
     retired: bool = False
     closed: bool = False
 
@@ -84,12 +89,15 @@ class Streams:
         self,
         supervisor: Supervisor,
         dispatch: Dispatch,
+        upstream_client: UpstreamClient,
         ring_bytes: int,
         ttl: float,
         slots: int = 4096,
     ) -> None:
         self._supervisor = supervisor
         self._dispatch = dispatch
+        self._upstream_client = upstream_client
+        self._notes: NoteSender | None = None  # wakes the readers of rings copied from upstreams
         self._ring_bytes = ring_bytes
         self._ttl_ns = int(ttl * 1e9)
         self.index = SessionIndex.create(index_name(os.getpid()), slots)
@@ -129,6 +137,27 @@ class Streams:
         return session
 
     async def _run(self, session: Session, route: str, body: bytes, autoload: bool) -> None:
+        upstream = session.model.spec.upstream
+        if upstream is not None:
+            await self._copy(session, UpstreamRoute(session.model.id, upstream), route, body)
+        else:
+            await self._generate(session, route, body, autoload)
+
+    async def _copy(
+        self, session: Session, route: UpstreamRoute, api_route: str, body: bytes
+    ) -> None:
+        session.copying = True
+        self._went_live(session)
+        if self._notes is None:
+            self._notes = NoteSender(os.getpid())
+        client, ring = self._upstream_client, session.ring
+        copy = copy_upstream(client, route, api_route, body, ring, self._notes)
+        with contextlib.suppress(asyncio.CancelledError):  # delete() stopped it
+            await copy
+        session.copying = False
+        self._ended(session)
+
+    async def _generate(self, session: Session, route: str, body: bytes, autoload: bool) -> None:
         while session.dispatched is None:
             try:
                 lease = await self._supervisor.acquire(session.model, autoload)
@@ -144,14 +173,20 @@ class Streams:
             )
             if session.dispatched is None:  # its worker just went: wait for the next
                 await asyncio.sleep(RESEND_PAUSE)
-        session.state = SessionState.LIVE
-        self._publish(session)
-        session.sent.set_result(None)
+        self._went_live(session)
         gone = await session.dispatched.finished
         if session.ring.state is RingState.RUNNING:  # the worker died mid-answer
             failure = gone.error if gone else ApiError(500, "the model's worker exited")
             session.ring.write(failure.sse())
             session.ring.finish(RingState.FAILED)
+        self._ended(session)
+
+    def _went_live(self, session: Session) -> None:
+        session.state = SessionState.LIVE
+        self._publish(session)
+        session.sent.set_result(None)
+
+    def _ended(self, session: Session) -> None:
         session.state = SessionState.DONE
         session.completed_ns = session.ring.ended_ns or time.time_ns()
         if session.retired:
@@ -166,7 +201,7 @@ class Streams:
         session = self._sessions.get(conversation_id)
         if session is None:
             return
-        if session.dispatched is None and session.task is not None:
+        if (session.dispatched is None or session.copying) and session.task is not None:
             session.task.cancel()
         elif session.ring.state is RingState.RUNNING:
             session.ring.cancel()
@@ -183,7 +218,8 @@ class Streams:
             session.sent.set_exception(
                 ApiError(400, "request cancelled by a stop while the model was loading")
             )
-        if session.dispatched is None or session.state is SessionState.DONE:
+        waiting = session.dispatched is None and not session.copying
+        if waiting or session.state is SessionState.DONE:
             self._destroy(session)
 
     def _destroy(self, session: Session) -> None:
@@ -246,5 +282,7 @@ class Streams:
     async def close(self) -> None:
         """Once the workers are gone: wait for the sessions to wind up, remove the index."""
         await asyncio.gather(*self._runs, return_exceptions=True)
+        if self._notes is not None:
+            self._notes.close()
         self.index.close()
         self.index.unlink()

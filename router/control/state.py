@@ -16,9 +16,11 @@ from router.control.downloads import Downloads
 from router.control.sessions import Streams
 from router.control.supervisor import Supervisor, check_startup
 from router.control.table import Model
+from router.control.upstreams import UpstreamWatch
 from router.events import EventHub
 from router.metrics import RouterMetrics, StateCollector, model_view, share_between_processes
 from router.presets import PresetError, Presets, load_presets
+from router.upstream import UpstreamClient, UpstreamServer
 from workers.errors import ApiError
 from workers.ring import sweep_stale_segments
 
@@ -39,6 +41,8 @@ class RouterState:
     events: EventHub
     downloads: Downloads
     metrics: RouterMetrics
+    upstreams: UpstreamWatch
+    upstream_client: UpstreamClient  # the main process's, for sessions and its own routes
     http_processes: HttpProcesses | None = None
     loop: asyncio.AbstractEventLoop | None = None
     _cleanups: set[asyncio.Task[None]] = field(default_factory=set)
@@ -75,16 +79,20 @@ async def reload_catalog(state: RouterState) -> None:
         state.presets = load_presets(state.config.models_preset)
     except PresetError as error:
         raise ApiError(500, str(error)) from error
-    await state.supervisor.reload(catalog(state.config, state.presets, state.bundled))
+    specs = catalog(state.config, state.presets, state.bundled, state.upstreams.listed)
+    await state.supervisor.reload(specs)
 
 
 def catalog(
-    config: RouterConfig, presets: Presets, bundled: list[FoundFiles]
+    config: RouterConfig,
+    presets: Presets,
+    bundled: list[FoundFiles],
+    listed: dict[UpstreamServer, list[str]] | None = None,
 ) -> dict[str, ModelSpec]:
     """The one model of `-m`/`-hf`, else every model of every source."""
     if single_model.requested(config):
         return single_model.catalog(config)
-    return build_catalog(config, presets, bundled)
+    return build_catalog(config, presets, bundled, listed)
 
 
 async def find_model(state: RouterState, name: str) -> Model | None:
@@ -150,7 +158,14 @@ def build_state(config: RouterConfig) -> RouterState:
         metrics=metrics,
         settle_finished=dispatch.settle_finished,
     )
-    streams = Streams(supervisor, dispatch, config.stream_buffer_bytes, config.stream_ttl_seconds)
+    upstream_client = UpstreamClient(config.timeout)
+    streams = Streams(
+        supervisor,
+        dispatch,
+        upstream_client,
+        config.stream_buffer_bytes,
+        config.stream_ttl_seconds,
+    )
     events = EventHub()
     supervisor.subscribe(events.publish)
     downloads = Downloads(events.publish, metrics.download_bytes.inc)
@@ -161,7 +176,18 @@ def build_state(config: RouterConfig) -> RouterState:
             http_processes=lambda: state.http_processes.count if state.http_processes else 1,
         )
     )
+    upstreams = UpstreamWatch(config, supervisor, lambda: reload_catalog(state))
     state = RouterState(
-        config, presets, bundled, supervisor, dispatch, streams, events, downloads, metrics
+        config,
+        presets,
+        bundled,
+        supervisor,
+        dispatch,
+        streams,
+        events,
+        downloads,
+        metrics,
+        upstreams,
+        upstream_client,
     )
     return state

@@ -52,6 +52,7 @@ from router.control.inbox import (
     Stop,
     Tick,
     UnloadAsked,
+    UpstreamChecked,
     Want,
     WorkerExited,
     WorkerReported,
@@ -62,6 +63,7 @@ from router.control.table import Lease, Model, Status, load_progress
 from router.gguf_memory import memory_needed
 from router.metrics import RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
+from router.upstream import UpstreamRoute
 from workers.cores import CoreTable
 from workers.errors import ApiError
 from workers.protocol import (
@@ -161,6 +163,8 @@ class Supervisor:
         self._wants: list[Want] = []  # requests waiting for their model, in arrival order
         self._loads: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for their victim
         self._removals: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for the worker
+        self._upstreams_down: dict[str, str | None] = {}  # why each upstream server is not up
+        self._catalog_readers: list[Callable[[], None]] = []
         apply_poll(config.poll)
         self.cores = CoreTable(config.threads)
         self._core_meter = CoreMeter(self.cores, config.threads)
@@ -178,6 +182,19 @@ class Supervisor:
         model_id = self.names.get(name)
         return self.models[model_id] if model_id is not None else None
 
+    def upstream_routes(self) -> dict[str, UpstreamRoute]:
+        """Every name (ids and aliases) of the models that other servers serve."""
+        return {
+            name: UpstreamRoute(model.id, model.spec.upstream)
+            for name, model_id in self.names.items()
+            if (model := self.models[model_id]).spec.upstream is not None
+        }
+
+    def on_catalog(self, reader: Callable[[], None]) -> Callable[[], None]:
+        """Call `reader` after every new catalog; returns how to stop."""
+        self._catalog_readers.append(reader)
+        return lambda: self._catalog_readers.remove(reader)
+
     # --- events out ---------------------------------------------------------------------------
 
     def subscribe(self, publisher: Publisher) -> Callable[[], None]:
@@ -190,7 +207,7 @@ class Supervisor:
 
     def _changed(self, model: Model, **extra: Any) -> None:
         model.mark_changed()
-        self._publish(model.id, "status_change", {"status": model.status.public, **extra})
+        self._publish(model.id, "status_change", {"status": model.public_status, **extra})
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -250,6 +267,10 @@ class Supervisor:
 
     def _arrived(self, want: Want) -> None:
         model = want.model
+        if model.spec.upstream is not None:  # its requests are proxied; it has no worker here
+            base = model.spec.upstream.base
+            want.reply.set_exception(ApiError(400, f"model {model.id} is served by {base}"))
+            return
         ready = model.status in (Status.LOADED, Status.SLEEPING)
         if not ready and model.wanted >= self.config.max_waiting_per_model:
             message = f"too many requests waiting for model {model.id}, try again later"
@@ -367,6 +388,9 @@ class Supervisor:
         await asyncio.shield(reply)
 
     def _load(self, model: Model, reply: asyncio.Future[None]) -> None:
+        if model.spec.upstream is not None:
+            reply.set_exception(_remote(model))
+            return
         if model.status.running:
             reply.set_exception(ApiError(400, "model is already running"))
             return
@@ -406,6 +430,9 @@ class Supervisor:
         return True
 
     def _unload(self, model: Model, reply: asyncio.Future[None]) -> None:
+        if model.spec.upstream is not None:
+            reply.set_exception(_remote(model))
+            return
         if not model.status.running:
             reply.set_exception(ApiError(400, "model is not running"))
             return
@@ -633,8 +660,12 @@ class Supervisor:
         for model_id, spec in specs.items():
             if model_id not in self.models:
                 self.models[model_id] = Model(spec)
+            if spec.upstream is not None:
+                self.models[model_id].unreachable = self._upstreams_down.get(spec.upstream.base)
         self._rebuild_names()
         self._publish("*", "models_reload", None)
+        for reader in list(self._catalog_readers):
+            reader()
 
     def _forget(self, model: Model) -> None:
         if self.models.get(model.id) is model:
@@ -674,6 +705,14 @@ class Supervisor:
             elif sleep_after is not None and idle_for >= sleep_after and model.worker:
                 model.worker.send(Sleep())
                 model.status = Status.SLEEPING
+                self._changed(model)
+
+    def _upstream_checked(self, base: str, unreachable: str | None) -> None:
+        self._upstreams_down[base] = unreachable
+        for model in self.models.values():
+            upstream = model.spec.upstream
+            if upstream is not None and upstream.base == base and model.unreachable != unreachable:
+                model.unreachable = unreachable
                 self._changed(model)
 
     def _hung(self, model: Model, now: float) -> bool:
@@ -742,6 +781,8 @@ class Supervisor:
                 self._on_exit(model, worker, code)
                 if spare:
                     self._spares.offer(worker)
+            case UpstreamChecked(base=base, unreachable=unreachable):
+                self._upstream_checked(base, unreachable)
             case Tick(now=now):
                 self._tick(now)
             case Stop(reply=reply):
@@ -766,6 +807,11 @@ class Supervisor:
     def _table_version(self) -> tuple[int, int, int]:
         versions = sum(model.version for model in self.models.values())
         return versions, len(self._wants), len(self.queue)
+
+
+def _remote(model: Model) -> ApiError:
+    base = model.spec.upstream.base if model.spec.upstream else ""
+    return ApiError(400, f"model {model.id} is served by {base}: it is not loaded or unloaded here")
 
 
 def _fail_reply(event: InboxEvent, error: ApiError) -> None:

@@ -51,10 +51,18 @@ class Model:
     draining: bool = False
     load_started: float = 0.0
     engine: EngineTotals = field(default_factory=EngineTotals)
+    unreachable: str | None = None  # an upstream model's: why its server did not answer
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    @property
+    def public_status(self) -> str:
+        """An upstream model is loaded while its server answers."""
+        if self.spec.upstream is not None:
+            return "unavailable" if self.unreachable else "loaded"
+        return self.status.public
 
     @property
     def ready(self) -> bool:

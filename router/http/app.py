@@ -31,6 +31,7 @@ from router.http.routes.common import http_state, read_body
 from router.http.routes.ops import build_info
 from router.http.state import HttpState
 from router.metrics import SHARED_DIR_ENV, RouterMetrics
+from router.upstream import UpstreamClient
 from workers.errors import ApiError
 from workers.session_index import SessionIndex, index_name
 
@@ -89,6 +90,7 @@ def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Sta
         sessions,
         _NoControl(),
         metrics,
+        UpstreamClient(config.timeout),
     )
     routes = [_forwarded(route) for route in all_routes()]
     app = build_app(config, http, routes, lifespan)
@@ -108,6 +110,9 @@ class _NoControl:
 
     async def start_session(self, *args: Any) -> Any:
         raise ApiError(503, "the router is starting")
+
+    def upstream(self, name: str) -> None:
+        return None
 
 
 def _forwarded(route: BaseRoute) -> BaseRoute:

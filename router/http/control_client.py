@@ -24,9 +24,11 @@ from router.messages import (
     RelayedError,
     Reply,
     Request,
+    UpstreamRoutes,
     WorkerGone,
     read_waiting,
 )
+from router.upstream import UpstreamRoute
 from workers.errors import ApiError
 
 SUPERVISOR_GONE = ApiError(503, "the router is stopping")
@@ -41,6 +43,7 @@ class RemoteControl:
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         # requests in a worker, told here if it dies first; dropped with their responses
         self._exchanges: weakref.WeakValueDictionary[int, Exchange] = weakref.WeakValueDictionary()
+        self._upstreams: dict[str, UpstreamRoute] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(conn.fileno(), self._read)
 
@@ -55,6 +58,8 @@ class RemoteControl:
         match reply:
             case ModelEvent():
                 self._events.fan_out(reply.line)
+            case UpstreamRoutes():
+                self._upstreams = reply.routes
             case WorkerGone():
                 exchange = self._exchanges.pop(reply.call, None)
                 if exchange is not None:
@@ -105,6 +110,9 @@ class RemoteControl:
         reply = await self._ask(Forward(call, method, path, query, headers, body), call)
         assert isinstance(reply, Answer)
         return reply
+
+    def upstream(self, name: str) -> UpstreamRoute | None:
+        return self._upstreams.get(name)
 
     def _tell(self, request: Request) -> None:
         with contextlib.suppress(OSError):

@@ -100,13 +100,13 @@ class RingResponse(FollowingResponse):
         try:
             await self._first_byte()
         except ApiError as error:  # sent again, but the model could not be had
-            await _send_json(send, error.status, error.json())
+            await send_json(send, error.status, error.json())
             return
         exchange, ring = self.exchange, self.exchange.ring
         if self._gone:
             return
         if ring.write_pos == 0 and exchange.failure is not None:
-            await _send_json(send, exchange.failure.status, exchange.failure.json())
+            await send_json(send, exchange.failure.status, exchange.failure.json())
             return
         if ring.media is Media.EVENT_STREAM:
             await self._stream(send)
@@ -139,9 +139,9 @@ class RingResponse(FollowingResponse):
         if self._gone:
             return
         if exchange.failure is not None:
-            await _send_json(send, exchange.failure.status, exchange.failure.json())
+            await send_json(send, exchange.failure.status, exchange.failure.json())
         else:
-            await _send_json(send, ring.status, b"".join(parts), [self._server_timing()])
+            await send_json(send, ring.status, b"".join(parts), [self._server_timing()])
 
     async def _stream(self, send: Send) -> None:
         clock = self._clock
@@ -227,10 +227,15 @@ async def unless(work: Awaitable[T], stop: Awaitable[object]) -> T | None:
     return None
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    media: bytes = JSON_TYPE[1],
 ) -> None:
-    headers = [JSON_TYPE, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    length = str(len(body)).encode()
+    headers = [(b"content-type", media), (b"content-length", length), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -265,7 +270,7 @@ class SessionResponse(FollowingResponse):
             timing = clock.server_timing(ring.first_byte_ns)
             if ring.media is Media.JSON:
                 body = b"".join([data async for data in self._follow()])
-                await _send_json(send, ring.status, body, [timing])
+                await send_json(send, ring.status, body, [timing])
                 return
             headers = [*SSE_HEADERS, timing]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -12,6 +12,7 @@ from router.events import EventHub
 from router.http.exchanges import Exchange, Exchanges
 from router.messages import Admission, Admitted
 from router.metrics import RouterMetrics
+from router.upstream import UpstreamClient, UpstreamRoute
 from workers.session_index import SessionIndex
 
 
@@ -24,6 +25,9 @@ class Control(Protocol):
 
     async def start_session(self, admission: Admission) -> Admitted: ...
 
+    def upstream(self, name: str) -> UpstreamRoute | None:
+        """Where a request for `name` goes if another server serves that model."""
+
 
 @dataclass
 class HttpState:
@@ -33,6 +37,7 @@ class HttpState:
     sessions: SessionIndex
     control: Control
     metrics: RouterMetrics
+    upstream_client: UpstreamClient
 
     def stop(self) -> None:
         """Stopping: end the generations this process serves and its event streams."""
@@ -43,3 +48,4 @@ class HttpState:
         await self.exchanges.drain()
         self.exchanges.close_rings()
         self.exchanges.watch.close()
+        await self.upstream_client.close()

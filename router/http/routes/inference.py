@@ -14,6 +14,7 @@ from starlette.routing import Route
 from router.http.exchanges import Exchange
 from router.http.responses import RingResponse, SessionResponse, unless
 from router.http.routes.common import http_state, query_flag, read_body
+from router.http.upstream_proxy import UpstreamResponse
 from router.messages import CLIENT_LEFT, Admission
 from router.metrics import RequestClock
 from workers.errors import ApiError
@@ -36,6 +37,10 @@ async def infer(request: Request) -> Any:
     config = http.config
     autoload = query_flag(request, "autoload", config.models_autoload)
     conversation_id = request.headers.get("x-conversation-id")
+    upstream = http.control.upstream(name) if name else None
+    if upstream is not None and not conversation_id:
+        clock = RequestClock(http.metrics, upstream.model_id, arrived_ns)
+        return UpstreamResponse(http.upstream_client, upstream, route, body, clock)
     if conversation_id:  # an empty id asks for no session, as in llama-server
         admission = Admission(route, name, body, autoload, config.timeout, conversation_id)
         ticket = await http.control.start_session(admission)

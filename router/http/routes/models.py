@@ -41,10 +41,12 @@ def command_args(spec: ModelSpec) -> list[str]:
 def model_entry(model: Model, created: int) -> dict[str, Any]:
     spec = model.spec
     status: dict[str, Any] = {
-        "value": model.status.public,
-        "args": command_args(spec),
+        "value": model.public_status,
+        "args": [] if spec.upstream else command_args(spec),
         "preset": preset_ini(spec),
     }
+    if model.unreachable:
+        status["reason"] = model.unreachable
     if model.failed:
         status["failed"] = True
         status["exit_code"] = model.exit_code

@@ -1,0 +1,101 @@
+"""`make bench ARGS=upstream`: what a hop through llama-router costs a model served elsewhere.
+
+The upstream is llama-server when it is built (else another llama-router) on the tiny models;
+llama-router lists its `tiny-0` as an upstream model. The same short completion is timed
+straight against the upstream and through the router, at 1 and at 16 clients, each client on
+its own keep-alive connection, the two alternating `--runs` times. The router's cost is the
+difference of the medians of their p50 (and p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.http_workers import Client
+from bench.measure import completion, summary
+from bench.targets import Target
+
+MODEL = "tiny-0"
+CLIENT_COUNTS = (1, 16)
+TARGET_ADDED_P50_MS = 2.0
+
+
+async def latencies(url: str, model: str, clients: int, count: int) -> list[float]:
+    """Seconds per request of `clients` connections sending `count` requests each in turn."""
+    body = json.dumps(completion(model)).encode()
+
+    async def client() -> list[float]:
+        connection = await Client.open(url)
+        await connection.request("POST", "/v1/completions", body)  # warm
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await connection.request("POST", "/v1/completions", body)
+            times.append(time.perf_counter() - started)
+        connection.close()
+        return times
+
+    return [t for times in await asyncio.gather(*(client() for _ in range(clients))) for t in times]
+
+
+def measure(url: str, model: str, count: int) -> dict[str, float]:
+    result = {}
+    for clients in CLIENT_COUNTS:
+        per_client = count if clients == 1 else max(10, count // 4)
+        figures = summary(asyncio.run(latencies(url, model, clients, per_client)))
+        result[f"p50 ms, {clients} clients"] = figures["p50_ms"]
+        result[f"p99 ms, {clients} clients"] = figures["p99_ms"]
+    return result
+
+
+def run(
+    upstream: Target,
+    make_front: Callable[[Path], Target],
+    work: Path,
+    runs: int,
+    count: int,
+) -> dict[str, Any]:
+    upstream = dataclasses.replace(upstream, name=f"upstream-{upstream.name}")
+    upstream.start(work)
+    preset = work / "upstream.ini"
+    preset.write_text(f"[remote]\nupstream = {upstream.url}/v1\nupstream-model = {MODEL}\n")
+    front = dataclasses.replace(make_front(preset), name="llama-router-upstream-front")
+    front.start(work)
+    figures: dict[str, list[dict[str, float]]] = {"direct": [], "through the router": []}
+    try:
+        for _ in range(runs):
+            figures["direct"].append(measure(upstream.url, MODEL, count))
+            figures["through the router"].append(measure(front.url, "remote", count))
+    finally:
+        front.stop()
+        upstream.stop()
+    return report(upstream.name, figures, runs)
+
+
+def report(upstream: str, figures: dict[str, list[dict[str, float]]], runs: int) -> dict[str, Any]:
+    print(f"\nan upstream hop ({upstream}, tiny model): median of {runs} runs (min-max)")
+    keys = list(figures["direct"][0])
+    print(f"{'measure':22}{'direct':>20}{'through the router':>22}{'added':>10}")
+    added: dict[str, float] = {}
+    for key in keys:
+        direct = [one[key] for one in figures["direct"]]
+        routed = [one[key] for one in figures["through the router"]]
+        added[key] = statistics.median(routed) - statistics.median(direct)
+        print(f"{key:22}{_cell(direct):>20}{_cell(routed):>22}{added[key]:>10.2f}")
+    for clients in CLIENT_COUNTS:
+        value = added[f"p50 ms, {clients} clients"]
+        verdict = "met" if value < TARGET_ADDED_P50_MS else "MISSED"
+        aim = f"aim < {TARGET_ADDED_P50_MS}"
+        print(f"added p50 at {clients} clients: {value:.2f} ms ({aim}) {verdict}")
+    return {**figures, "added_ms": added}
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"

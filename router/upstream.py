@@ -1,0 +1,228 @@
+"""Models served by another OpenAI-compatible server (vLLM, llama-server, another llama-router):
+where they are, and one pooled client that sends them requests.
+
+The HTTP processes proxy plain requests themselves; the main process copies a session's answer
+into its ring (router/control/upstream_sessions.py). Both go through `UpstreamClient`, which
+retries a connection that fails before the first byte and keeps a circuit breaker per server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from workers.errors import ApiError
+
+# the router's routes an upstream serves, and their path under its base URL
+UPSTREAM_PATHS = {
+    "/v1/chat/completions": "/chat/completions",
+    "/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
+    "/completions": "/completions",
+    "/v1/embeddings": "/embeddings",
+    "/embeddings": "/embeddings",
+}
+CONNECT_SECONDS = 5.0
+RETRIES = 3  # more tries after the first, on errors before a byte was sent
+BACKOFF_SECONDS = 0.1  # doubled after each try
+BREAKER_FAILURES = 3  # in a row, before the circuit opens
+BREAKER_SECONDS = 10.0  # the circuit stays open this long, then lets one request probe
+ERROR_BYTES = 64 * 1024  # of an upstream's error body, passed on
+
+
+class UpstreamServer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`--upstream [PREFIX=]URL`: every model the server lists, as `PREFIX/ID`."""
+
+    prefix: str
+    base: str
+
+
+def parse_upstream_server(value: str) -> UpstreamServer:
+    prefix, _, base = value.rpartition("=") if "=" in value.split("://")[0] else ("", "", value)
+    url = httpx.URL(base)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"--upstream wants [PREFIX=]http(s)://HOST[:PORT]/BASE, not {value!r}")
+    return UpstreamServer(prefix or url.host, base.rstrip("/"))
+
+
+class UpstreamTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model as its upstream knows it."""
+
+    base: str  # the OpenAI base URL, such as http://gpu-box:8000/v1
+    model: str  # its name there
+    api_key: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+class UpstreamRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a request for an upstream model goes: the model's id here, and its target."""
+
+    model_id: str
+    target: UpstreamTarget
+
+
+def upstream_path(route: str, model_id: str) -> str:
+    path = UPSTREAM_PATHS.get(route)
+    if path is None:
+        served = ", ".join(sorted(UPSTREAM_PATHS))
+        raise ApiError(400, f"model '{model_id}' is remote, served on {served}; not on {route}")
+    return path
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """The request as the upstream expects it: its own name for the model."""
+    request = msgspec.json.decode(body)
+    if not isinstance(request, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    request["model"] = model
+    return msgspec.json.encode(request)
+
+
+@dataclass
+class Breaker:
+    """Stops sending to a server that keeps failing; after a pause it lets one request through
+    to find out whether the server is back."""
+
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+
+    def admit(self, base: str) -> None:
+        if self.failures < BREAKER_FAILURES:
+            return
+        now = time.monotonic()
+        if now < self.open_until or self.probing:
+            wait = max(0.0, self.open_until - now)
+            raise ApiError(
+                503, f"upstream {base} keeps failing; the next try goes through in {wait:.0f} s"
+            )
+        self.probing = True
+
+    def succeeded(self) -> None:
+        self.failures, self.probing = 0, False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= BREAKER_FAILURES:
+            self.open_until = time.monotonic() + BREAKER_SECONDS
+
+
+class UpstreamClient:
+    """One pooled HTTP client for every upstream of this process."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = httpx.Timeout(timeout, connect=CONNECT_SECONDS)
+        self._client: httpx.AsyncClient | None = None
+        self._breakers: dict[str, Breaker] = {}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:  # made in the loop that uses it
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, target: UpstreamTarget, model_id: str, route: str, body: bytes
+    ) -> AsyncIterator[httpx.Response]:
+        """The upstream's response to `body` for `route`, its body not read yet; an upstream
+        error is raised as the client should see it."""
+        path = upstream_path(route, model_id)
+        breaker = self._breakers.setdefault(target.base, Breaker())
+        breaker.admit(target.base)
+        request = self.client.build_request(
+            "POST",
+            target.base.rstrip("/") + path,
+            content=rewrite_model(body, target.model),
+            headers={"content-type": "application/json", **target.headers()},
+        )
+        response = await self._send(request, target.base, breaker)
+        try:
+            if response.status_code >= 400:
+                await _raise_error(response, target.base, breaker)
+            breaker.succeeded()
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send(
+        self, request: httpx.Request, base: str, breaker: Breaker
+    ) -> httpx.Response:
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self.client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                if attempt == RETRIES:
+                    breaker.failed()
+                    message = f"upstream {base} is unreachable: {_reason(error)}"
+                    raise ApiError(502, message) from error
+                await asyncio.sleep(BACKOFF_SECONDS * 2**attempt)
+            except httpx.TimeoutException as error:
+                breaker.failed()
+                raise ApiError(504, f"upstream {base} sent nothing in time") from error
+            except httpx.HTTPError as error:
+                breaker.failed()
+                raise ApiError(502, f"upstream {base} failed: {_reason(error)}") from error
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+async def chunks(response: httpx.Response, base: str) -> AsyncIterator[bytes]:
+    """The upstream's body as it arrives; a connection cut midway raises an ApiError."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.TimeoutException as error:
+        raise ApiError(504, f"upstream {base} went silent") from error
+    except httpx.HTTPError as error:
+        raise ApiError(502, f"upstream {base} cut its answer: {_reason(error)}") from error
+
+
+async def _raise_error(response: httpx.Response, base: str, breaker: Breaker) -> None:
+    """An upstream's error as the client sees it: its own OpenAI error body when it has one."""
+    if response.status_code >= 500:
+        breaker.failed()
+    else:
+        breaker.succeeded()
+    body = b""
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) >= ERROR_BYTES:
+                break
+    raise UpstreamError(response.status_code, body[:ERROR_BYTES], base)
+
+
+class UpstreamError(ApiError):
+    """An error the upstream answered, passed on as it wrote it if it is OpenAI-shaped."""
+
+    def __init__(self, status: int, body: bytes, base: str) -> None:
+        try:
+            error = msgspec.json.decode(body)["error"]
+            message = str(error["message"] if isinstance(error, dict) else error)
+            self._body: bytes | None = body
+        except (msgspec.DecodeError, KeyError, TypeError):
+            text = body.decode(errors="replace").strip()[:500]
+            message = f"upstream {base} answered {status}: {text}"
+            self._body = None
+        super().__init__(status, message)
+
+    def json(self) -> bytes:
+        return self._body if self._body is not None else super().json()
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
