@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.control.dispatch import Dispatch, Dispatched
+from router.control.redis_mirror import RedisMirror
 from router.control.supervisor import Supervisor
 from router.control.table import Model
 from router.http.exchanges import new_segment_name
@@ -87,6 +88,7 @@ class Streams:
         ring_bytes: int,
         ttl: float,
         slots: int = 4096,
+        mirror: RedisMirror | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._dispatch = dispatch
@@ -97,6 +99,7 @@ class Streams:
         self._sessions: dict[str, Session] = {}
         self._runs: set[asyncio.Task[None]] = set()
         self._gc: asyncio.Task[None] | None = None
+        self.mirror = mirror  # the copy in Redis that other replicas read
 
     def get(self, conversation_id: str) -> Session | None:
         return self._sessions.get(conversation_id)
@@ -120,6 +123,8 @@ class Streams:
         ring = Ring.create(new_segment_name(), self._ring_bytes, backpressure=False)
         session = Session(conversation_id, self._free_slots.pop(), ring, model)
         self._sessions[conversation_id] = session
+        if self.mirror is not None:
+            self.mirror.begin(session)
         self._publish(session)
         session.task = asyncio.get_running_loop().create_task(
             self._run(session, route, body, autoload)
@@ -174,6 +179,8 @@ class Streams:
 
     def _retire(self, session: Session) -> None:
         """Unlist it now; its ring goes once no worker writes to it any more."""
+        if self.mirror is not None:
+            self.mirror.retire(session)
         if self._sessions.get(session.conversation_id) is session:
             del self._sessions[session.conversation_id]
             self.index.clear(session.slot)
@@ -202,6 +209,8 @@ class Streams:
 
     def _publish(self, session: Session) -> None:
         self.index.write(session.slot, session.entry())
+        if self.mirror is not None:
+            self.mirror.changed(session)
 
     # --- lookup and time ------------------------------------------------------------------------
 
@@ -246,5 +255,7 @@ class Streams:
     async def close(self) -> None:
         """Once the workers are gone: wait for the sessions to wind up, remove the index."""
         await asyncio.gather(*self._runs, return_exceptions=True)
+        if self.mirror is not None:
+            await self.mirror.close()
         self.index.close()
         self.index.unlink()
