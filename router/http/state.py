@@ -10,6 +10,7 @@ from typing import Protocol
 from router.config import RouterConfig
 from router.events import EventHub
 from router.http.exchanges import Exchange, Exchanges
+from router.http.remote_sessions import RemoteSessions
 from router.messages import Admission, Admitted
 from router.metrics import RouterMetrics
 from workers.session_index import SessionIndex
@@ -33,6 +34,7 @@ class HttpState:
     sessions: SessionIndex
     control: Control
     metrics: RouterMetrics
+    remote: RemoteSessions | None = None  # other replicas' sessions, with --sessions-redis
 
     def stop(self) -> None:
         """Stopping: end the generations this process serves and its event streams."""
@@ -43,3 +45,5 @@ class HttpState:
         await self.exchanges.drain()
         self.exchanges.close_rings()
         self.exchanges.watch.close()
+        if self.remote is not None:
+            await self.remote.close()
