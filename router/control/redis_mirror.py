@@ -208,6 +208,7 @@ class RedisMirror:
                 [store.meta_key(conversation_id), store.events_key(gen)], [gen], client=pipe
             )
         tracks = list(self._dirty)
+        self._dirty.clear()  # a change made while this pass runs marks its session again
         more = [track for track in tracks if await self._add_track(pipe, track)]
         if len(pipe):
             await pipe.execute()
@@ -215,7 +216,6 @@ class RedisMirror:
             self._drops.popleft()
         for track in tracks:
             track.opened = track.claimed = True
-            self._dirty.pop(track, None)
         for track in more:
             self._mark(track)
 
