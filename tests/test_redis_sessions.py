@@ -41,11 +41,11 @@ def delete(server: RouterProcess, conv: str = CONV) -> requests.Response:
     return requests.delete(server.url + f"/v1/stream?conv_id={quote(conv, safe='')}", timeout=10)
 
 
-def wait_replay(server: RouterProcess, stream: bool = False) -> requests.Response:
+def wait_replay(server: RouterProcess, conv: str = CONV, stream: bool = False) -> requests.Response:
     """The copy reaches Redis a moment after the owner's ring (and says when its model is
     loaded)."""
     deadline = time.monotonic() + 10
-    while (reply := replay(server, stream=stream)).status_code != 200:
+    while (reply := replay(server, conv, stream=stream)).status_code != 200:
         assert time.monotonic() < deadline, f"{reply.status_code} {reply.text}"
         time.sleep(0.05)
     return reply
@@ -176,4 +176,4 @@ def test_redis_down_then_back(replicas, redis_server: RedisServer) -> None:
     assert wait_replay(b).content == original
     assert wait_done(b)["total_bytes"] == len(original)
     second = start_session(b, conv="after", model="tiny-a", tokens=5).content
-    assert replay(a, conv="after").content == second
+    assert wait_replay(a, "after").content == second
