@@ -26,6 +26,7 @@ from bench import (
     http_workers,
     measure,
     metrics,
+    redis_sessions,
     scheduling,
     slots,
     streams,
@@ -119,6 +120,7 @@ def main() -> None:
         "metrics",
         "features",
         "http-workers",
+        "redis-sessions",
     ]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
@@ -132,7 +134,7 @@ def main() -> None:
         "--runs",
         type=int,
         default=3,
-        help="repeats of the cores, slots, features and http-workers parts",
+        help="repeats of the cores, slots, features, http-workers and redis-sessions parts",
     )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
@@ -237,6 +239,15 @@ def main() -> None:
             work,
             args.runs,
             args.requests,
+        )
+    if "redis-sessions" in args.parts:
+        slow = models / "slow.gguf"
+        if not slow.exists():
+            write_slow_llama(slow)
+        results["redis-sessions"] = redis_sessions.run(
+            lambda more: router_target(models, work / "cache", ["-c", "4096", *more]),
+            work,
+            args.runs,
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
