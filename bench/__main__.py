@@ -26,6 +26,7 @@ from bench import (
     http_workers,
     measure,
     metrics,
+    redis_sessions,
     scheduling,
     slots,
     streams,
@@ -121,6 +122,7 @@ def main() -> None:
         "features",
         "http-workers",
         "upstream",
+        "redis-sessions",
     ]
     parser.add_argument("parts", nargs="*", help=f"some of {', '.join(every)} (default: all)")
     parser.add_argument("--reference", help="llama-server binary (else $LLAMA_SERVER_BIN)")
@@ -134,7 +136,8 @@ def main() -> None:
         "--runs",
         type=int,
         default=3,
-        help="repeats of the cores, slots, features, http-workers and upstream parts",
+        help="repeats of the cores, slots, features, http-workers, upstream and redis-sessions "
+        "parts",
     )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
@@ -255,6 +258,15 @@ def main() -> None:
             work,
             args.runs,
             args.requests,
+        )
+    if "redis-sessions" in args.parts:
+        slow = models / "slow.gguf"
+        if not slow.exists():
+            write_slow_llama(slow)
+        results["redis-sessions"] = redis_sessions.run(
+            lambda more: router_target(models, work / "cache", ["-c", "4096", *more]),
+            work,
+            args.runs,
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

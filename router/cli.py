@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -49,6 +50,12 @@ def http_workers(value: str) -> int:
     if not 1 <= count <= MAX_READER_PROCESSES:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_READER_PROCESSES}, or auto")
     return count
+
+
+def sessions_redis(url: str | None) -> str | None:
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(f"--sessions-redis: expected redis://HOST:PORT/DB, got {url!r}")
+    return url or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a finished resumable stream stays replayable",
     )
     add(
+        "--sessions-redis",
+        default=_env("LLAMA_ARG_SESSIONS_REDIS"),
+        metavar="redis://HOST:PORT/DB",
+        help="also keep every session in Redis, so other replicas using the same Redis replay, "
+        "follow, look up and stop it",
+    )
+    add(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body accepted"
     )
     add(
@@ -262,6 +276,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> RouterConfig:
         cache_dir=args.cache_dir,
         stream_buffer_bytes=args.stream_buffer_bytes,
         stream_ttl_seconds=args.stream_ttl_seconds,
+        sessions_redis=sessions_redis(args.sessions_redis),
         response_buffer_bytes=args.response_buffer_bytes,
         slot_keep_bytes=args.slot_keep_bytes,
         slot_save_path=args.slot_save_path,

@@ -59,6 +59,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     cache_dir: str = msgspec.field(default_factory=lambda: str(default_cache_dir()))
     stream_buffer_bytes: int = 4 * 1024 * 1024
     stream_ttl_seconds: float = 300.0
+    sessions_redis: str | None = None  # redis://HOST:PORT/DB: sessions shared by replicas
     response_buffer_bytes: int = 1024 * 1024
     max_body_bytes: int = 16 * 1024 * 1024
     max_header_bytes: int = 64 * 1024

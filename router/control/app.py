@@ -17,7 +17,7 @@ from router.config import RouterConfig
 from router.control.http_processes import HttpProcesses
 from router.control.port import ControlPort, LocalControl
 from router.control.state import RouterState, build_state
-from router.http.app import all_routes, build_app, drain
+from router.http.app import all_routes, build_app, drain, remote_sessions
 from router.http.exchanges import Exchanges, RingWatch
 from router.http.state import HttpState
 from router.metrics import remove_shared_dir, sweep_stale_shared_dirs
@@ -37,6 +37,7 @@ def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None)
         LocalControl(state),
         state.metrics,
         state.upstream_client,
+        remote_sessions(config),
     )
     app: Starlette
 
@@ -59,6 +60,8 @@ def create_app(config: RouterConfig, sockets: list[socket.socket] | None = None)
         state.supervisor.start()
         state.streams.start_gc()
         state.upstreams.start()
+        if state.streams.mirror is not None:
+            state.streams.mirror.start(http.exchanges.watch, state.streams.delete)
         processes.start()
         try:
             yield

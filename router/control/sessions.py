@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.control.dispatch import Dispatch, Dispatched
+from router.control.redis_mirror import RedisMirror
 from router.control.supervisor import Supervisor
 from router.control.table import Model
 from router.control.upstream_sessions import copy_upstream
@@ -93,6 +94,7 @@ class Streams:
         ring_bytes: int,
         ttl: float,
         slots: int = 4096,
+        mirror: RedisMirror | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._dispatch = dispatch
@@ -105,6 +107,7 @@ class Streams:
         self._sessions: dict[str, Session] = {}
         self._runs: set[asyncio.Task[None]] = set()
         self._gc: asyncio.Task[None] | None = None
+        self.mirror = mirror  # the copy in Redis that other replicas read
 
     def get(self, conversation_id: str) -> Session | None:
         return self._sessions.get(conversation_id)
@@ -128,6 +131,8 @@ class Streams:
         ring = Ring.create(new_segment_name(), self._ring_bytes, backpressure=False)
         session = Session(conversation_id, self._free_slots.pop(), ring, model)
         self._sessions[conversation_id] = session
+        if self.mirror is not None:
+            self.mirror.begin(session)
         self._publish(session)
         session.task = asyncio.get_running_loop().create_task(
             self._run(session, route, body, autoload)
@@ -209,6 +214,8 @@ class Streams:
 
     def _retire(self, session: Session) -> None:
         """Unlist it now; its ring goes once no worker writes to it any more."""
+        if self.mirror is not None:
+            self.mirror.retire(session)
         if self._sessions.get(session.conversation_id) is session:
             del self._sessions[session.conversation_id]
             self.index.clear(session.slot)
@@ -238,6 +245,8 @@ class Streams:
 
     def _publish(self, session: Session) -> None:
         self.index.write(session.slot, session.entry())
+        if self.mirror is not None:
+            self.mirror.changed(session)
 
     # --- lookup and time ------------------------------------------------------------------------
 
@@ -284,5 +293,7 @@ class Streams:
         await asyncio.gather(*self._runs, return_exceptions=True)
         if self._notes is not None:
             self._notes.close()
+        if self.mirror is not None:
+            await self.mirror.close()
         self.index.close()
         self.index.unlink()

@@ -13,6 +13,7 @@ from router.catalog import FoundFiles, ModelSpec, build_catalog
 from router.config import RouterConfig
 from router.control.dispatch import Dispatch
 from router.control.downloads import Downloads
+from router.control.redis_mirror import RedisMirror
 from router.control.sessions import Streams
 from router.control.supervisor import Supervisor, check_startup
 from router.control.table import Model
@@ -159,12 +160,16 @@ def build_state(config: RouterConfig) -> RouterState:
         settle_finished=dispatch.settle_finished,
     )
     upstream_client = UpstreamClient(config.timeout)
+    mirror = None
+    if config.sessions_redis:
+        mirror = RedisMirror(config.sessions_redis, config.stream_ttl_seconds)
     streams = Streams(
         supervisor,
         dispatch,
         upstream_client,
         config.stream_buffer_bytes,
         config.stream_ttl_seconds,
+        mirror=mirror,
     )
     events = EventHub()
     supervisor.subscribe(events.publish)

@@ -26,6 +26,7 @@ from router.http.control_client import RemoteControl
 from router.http.exchanges import Exchanges, RingWatch
 from router.http.middleware import PUBLIC, ApiKeys, LlamaServerCors, RequestTimer
 from router.http.openapi import build_document
+from router.http.remote_sessions import RemoteSessions
 from router.http.routes import downloads, inference, metrics, models, ops, slots, streams, web
 from router.http.routes.common import http_state, read_body
 from router.http.routes.ops import build_info
@@ -91,10 +92,15 @@ def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Sta
         _NoControl(),
         metrics,
         UpstreamClient(config.timeout),
+        remote_sessions(config),
     )
     routes = [_forwarded(route) for route in all_routes()]
     app = build_app(config, http, routes, lifespan)
     return app
+
+
+def remote_sessions(config: RouterConfig) -> RemoteSessions | None:
+    return RemoteSessions(config.sessions_redis) if config.sessions_redis else None
 
 
 async def drain(http: HttpState) -> None:

@@ -10,6 +10,7 @@ from typing import Protocol
 from router.config import RouterConfig
 from router.events import EventHub
 from router.http.exchanges import Exchange, Exchanges
+from router.http.remote_sessions import RemoteSessions
 from router.messages import Admission, Admitted
 from router.metrics import RouterMetrics
 from router.upstream import UpstreamClient, UpstreamRoute
@@ -38,6 +39,7 @@ class HttpState:
     control: Control
     metrics: RouterMetrics
     upstream_client: UpstreamClient
+    remote: RemoteSessions | None = None  # other replicas' sessions, with --sessions-redis
 
     def stop(self) -> None:
         """Stopping: end the generations this process serves and its event streams."""
@@ -49,3 +51,5 @@ class HttpState:
         self.exchanges.close_rings()
         self.exchanges.watch.close()
         await self.upstream_client.close()
+        if self.remote is not None:
+            await self.remote.close()

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.control.sessions import check_conversation_id
+from router.http.remote_sessions import RemoteSessionResponse
 from router.http.responses import SessionResponse
 from router.http.routes.common import http_state, json_response, read_body, router_state
 from workers.errors import ApiError
@@ -27,14 +28,16 @@ def _offset(request: Request) -> int:
     return int(raw)
 
 
-async def follow_stream(request: Request) -> SessionResponse:
+async def follow_stream(request: Request) -> SessionResponse | RemoteSessionResponse:
     """Served by whichever HTTP process took the request: the session is found in the shared
-    index and read from its ring."""
+    index and read from its ring; else, with --sessions-redis, in another replica's copy."""
     conversation_id = check_conversation_id(request.query_params.get("conv_id", ""))
     offset = _offset(request)
     http = http_state(request)
     entry = http.sessions.find(conversation_id)
     if entry is None:
+        if http.remote is not None:
+            return await http.remote.follow(conversation_id, offset)
         raise ApiError(404, "Stream not found or expired")
     if entry.state is SessionState.PENDING:
         raise ApiError(503, "the model of this stream is still loading, retry later")
@@ -53,13 +56,21 @@ async def follow_stream(request: Request) -> SessionResponse:
 
 async def stop_stream(request: Request) -> Response:
     conversation_id = check_conversation_id(request.query_params.get("conv_id", ""))
-    router_state(request).streams.delete(conversation_id)
+    streams, remote = router_state(request).streams, http_state(request).remote
+    if streams.get(conversation_id) is None and remote is not None:
+        await remote.stop(conversation_id)
+    else:
+        streams.delete(conversation_id)
     return Response(status_code=204)
 
 
 async def lookup_streams(request: Request) -> Response:
     body = decode_body(await read_body(request), LookupRequest)
-    return json_response(router_state(request).streams.lookup(body.conversation_ids))
+    rows = router_state(request).streams.lookup(body.conversation_ids)
+    remote = http_state(request).remote
+    if remote is not None:
+        rows = await remote.lookup(body.conversation_ids, rows)
+    return json_response(rows)
 
 
 routes = [
