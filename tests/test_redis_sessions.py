@@ -14,14 +14,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer
 from tests.server import RouterProcess
 from tests.test_streams import CONV, finish, lookup, replay, start_session, wait_done
 from workers.ring import sweep_stale_segments
-
-pytestmark = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason="redis-server is not installed (make install-test)"
-)
 
 
 @pytest.fixture
@@ -127,6 +123,19 @@ def test_another_replica_follows_live_and_stops_the_session(replicas) -> None:
     assert replay(a).status_code == 404 and replay(b).status_code == 404
     quick = a.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 2})
     assert quick.ok  # its worker is free
+
+
+def test_a_new_request_on_another_replica_replaces_the_session(replicas) -> None:
+    a, b = replicas
+    start_session(a, tokens=3000).close()
+    a.wait_status("slow", "loaded")
+    wait_replay(b)
+    replacement = start_session(b, tokens=20).content  # the same id, from the other replica
+    deadline = time.monotonic() + 3
+    while a.get("/slots", params={"model": "slow"}).json()[0]["is_processing"]:
+        assert time.monotonic() < deadline, "the replaced generation went on"
+        time.sleep(0.05)
+    assert wait_replay(a).content == replacement == replay(b).content
 
 
 def test_a_remote_tail_is_the_owners_bytes(replicas) -> None:

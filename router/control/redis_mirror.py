@@ -44,13 +44,22 @@ MAX_DROPS = 4096
 CLOSE_SECONDS = 1.0
 
 # Whose the session record is: the first write of a session takes it over from an earlier
-# session of the same id; later writes only touch their own (a replaced session's late writes
-# go nowhere). KEYS: meta; ARGV: gen, takeover, ttl ms, field, value, ...
+# session of the same id, and tells that session's replica to stop it (a new request with the
+# id replaces the old one, on any replica); later writes only touch their own (a replaced
+# session's late writes go nowhere).
+# KEYS: meta; ARGV: gen, takeover, ttl ms, conversation id, stop channel prefix, field, value, ...
 _PUT_META = """
 local current = redis.call('HGET', KEYS[1], 'gen')
 if ARGV[2] == '1' or not current or current == ARGV[1] then
-  if current ~= ARGV[1] then redis.call('DEL', KEYS[1]) end
-  redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 4))
+  if current and current ~= ARGV[1] then
+    local owner = redis.call('HGET', KEYS[1], 'owner')
+    if owner then
+      local stop = cjson.encode({conversation_id = ARGV[4], gen = current})
+      redis.call('PUBLISH', ARGV[5] .. owner, stop)
+    end
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 6))
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 """
@@ -247,7 +256,10 @@ class RedisMirror:
     async def _queue_meta(self, pipe: Pipeline, track: Track) -> None:
         meta = store.meta_key(track.conversation_id)
         takeover = "0" if track.claimed else "1"
-        args = [track.gen, takeover, str(self._ttl_ms), "owner", self.replica, *track.record()]
+        args = [
+            track.gen, takeover, str(self._ttl_ms), track.conversation_id, store.stop_channel(""),
+            "owner", self.replica, *track.record(),
+        ]  # fmt: skip
         await self._put_meta([meta], args, client=pipe)
         track.meta_sent = True
 
