@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 import requests
 
+from router import upstream
 from tests.fakeupstream import OPENAI_ERROR, FakeUpstream
 from tests.server import RouterProcess, free_port
+from workers.errors import ApiError
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 1}
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    yield upstream
-    upstream.close()
+    server = FakeUpstream()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -208,3 +210,29 @@ def test_connections_are_retried_before_the_first_byte_then_the_circuit_opens(
     opened = here.post("/v1/chat/completions", {**CHAT, "model": "late"})
     assert opened.status_code == 503 and "keeps failing" in opened.json()["error"]["message"]
     assert time.monotonic() - began < 0.5  # refused at once, not tried
+
+
+def test_an_open_circuit_lets_one_request_probe_after_its_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
+    breaker = upstream.Breaker()
+    for _ in range(upstream.BREAKER_FAILURES):
+        breaker.admit("b")
+        breaker.failed()
+    with pytest.raises(ApiError, match="keeps failing"):
+        breaker.admit("b")
+    now[0] += upstream.BREAKER_SECONDS
+    breaker.admit("b")  # the probe
+    with pytest.raises(ApiError):
+        breaker.admit("b")  # only one while it runs
+    breaker.failed()  # the server is still down: open again for a whole pause
+    now[0] += upstream.BREAKER_SECONDS / 2
+    with pytest.raises(ApiError):
+        breaker.admit("b")
+    now[0] += upstream.BREAKER_SECONDS
+    breaker.admit("b")
+    breaker.succeeded()  # back: closed
+    breaker.admit("b")
+    breaker.admit("b")
