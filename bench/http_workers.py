@@ -176,15 +176,21 @@ async def per_second(
 async def warm_latency(url: str, main_pid: int, on_main: bool, count: int) -> dict[str, float]:
     """One client on the main HTTP process (or another one), one short request at a time."""
     client = await Client.open_on(url, main_pid, on_main)
-    body = json.dumps(completion(MODEL)).encode()
+    latencies = await timed_completions(client, MODEL, count)
+    client.close()
+    return summary(latencies)
+
+
+async def timed_completions(client: Client, model: str, count: int) -> list[float]:
+    """Seconds each of `count` short completions took, one at a time, after one to warm up."""
+    body = json.dumps(completion(model)).encode()
     await client.request("POST", "/v1/completions", body)
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
         await client.request("POST", "/v1/completions", body)
         latencies.append(time.perf_counter() - started)
-    client.close()
-    return summary(latencies)
+    return latencies
 
 
 async def _follow(client: Client, path: str, arrivals: dict[int, float]) -> None:

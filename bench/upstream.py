@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.http_workers import Client
-from bench.measure import completion, summary
+from bench.http_workers import Client, timed_completions
+from bench.measure import summary
 from bench.targets import Target
 
 MODEL = "tiny-0"
@@ -29,16 +27,10 @@ TARGET_ADDED_P50_MS = 2.0
 
 async def latencies(url: str, model: str, clients: int, count: int) -> list[float]:
     """Seconds per request of `clients` connections sending `count` requests each in turn."""
-    body = json.dumps(completion(model)).encode()
 
     async def client() -> list[float]:
         connection = await Client.open(url)
-        await connection.request("POST", "/v1/completions", body)  # warm
-        times = []
-        for _ in range(count):
-            started = time.perf_counter()
-            await connection.request("POST", "/v1/completions", body)
-            times.append(time.perf_counter() - started)
+        times = await timed_completions(connection, model, count)
         connection.close()
         return times
 
