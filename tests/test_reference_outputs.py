@@ -581,15 +581,7 @@ def follow_ups(url: str) -> list[dict[str, int]]:
     return turns
 
 
-@pytest.mark.parametrize(
-    "url",
-    known_difference(
-        "a request that ends frees its slot at the decoder's next step, after a long prompt's "
-        "decode already running: a follow-up sent at once finds the slot taken and decodes its "
-        "whole prompt again"
-    ),
-    indirect=True,
-)
+@pytest.mark.parametrize("url", BOTH, indirect=True)
 def test_a_follow_up_finds_its_turn_cached_while_the_model_is_busy(url: str) -> None:
     check(follow_ups(url), FOLLOW_UPS)
 

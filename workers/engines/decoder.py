@@ -357,8 +357,16 @@ class Decoder:
         llama_lib.llama_batch_free(self._batch)
 
     def _free_slot(self, prompt: list[int]) -> Slot | None:
-        free = [slot for slot in self.slots if slot.sequence is None]
+        """A slot whose reader has let go is free already, before the decoder retires its
+        sequence at its next step (as llama-server lets a slot go as soon as its task ends):
+        a follow-up sent at once, while a long prompt's decode runs, finds its turn there."""
+        free = [slot for slot in self.slots if self._let_go(slot.sequence)]
         return choose_slot(free, prompt) if free else None
+
+    def _let_go(self, sequence: Sequence | None) -> bool:
+        """No sequence, or one whose reader is gone and that already had its seat (a seated
+        one leaves before the next is seated; an unseated one would be seated beside it)."""
+        return sequence is None or (sequence.closing and sequence not in self._admitted)
 
     # --- the decoder thread ---------------------------------------------------------------------
 
@@ -420,7 +428,8 @@ class Decoder:
             self._active.remove(sequence)
             sequence.sampler.free()
             slot = sequence.slot
-            slot.sequence = None
+            if slot.sequence is sequence:  # else the next request has the slot already
+                slot.sequence = None
             slot.last = sequence
             slot.last_used = time.monotonic()
         if any(slot.sequence is None for slot in self.slots):
