@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
 import requests
 
 from tests.redis_server import RedisServer
@@ -186,3 +187,23 @@ def test_redis_down_then_back(replicas, redis_server: RedisServer) -> None:
     assert wait_done(b)["total_bytes"] == len(original)
     second = start_session(b, conv="after", model="tiny-a", tokens=5).content
     assert wait_replay(a, "after").content == second
+
+
+def test_a_copy_expires_with_the_session_ttl_even_when_its_replica_is_gone(
+    router, models_dir: Path, redis_server: RedisServer
+) -> None:
+    args = ("--models-dir", str(models_dir), "--sessions-redis", redis_server.url)
+    a, b = (router(*args, "--stream-ttl-seconds", "2") for _ in range(2))
+    start_session(a, tokens=20).close()
+    wait_done(a)
+    assert wait_replay(b).ok
+    start_session(a, conv="kept", tokens=20).close()
+    wait_done(a, "kept")
+    assert wait_replay(b, "kept").ok
+    a.stop(signal.SIGKILL)  # nobody is left to drop its copy: Redis's own expiry does
+    deadline = time.monotonic() + 10
+    while replay(b).status_code != 404 or replay(b, "kept").status_code != 404:
+        assert time.monotonic() < deadline, "a finished session outlived its TTL"
+        time.sleep(0.1)
+    client = redis.Redis.from_url(redis_server.url)
+    assert not [key for key in client.keys("llama-router:*") if b":replica:" not in key]
