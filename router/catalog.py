@@ -21,7 +21,7 @@ from router import hf_cache, hf_presets
 from router.config import RouterConfig, parse_bool
 from router.flags import PRESET_ONLY_KEYS
 from router.presets import Presets, split_list
-from router.upstream import UpstreamServer, UpstreamTarget, parse_upstream_server
+from router.upstream import UpstreamServer, UpstreamTarget, upstream_base
 from workers.download import MANIFEST
 
 log = logging.getLogger("llama-router")
@@ -199,11 +199,11 @@ def _upstream_spec(model_id: str, section: dict[str, str]) -> ModelSpec:
         if key is None:
             spec.error = f"preset '{model_id}': environment variable {key_env} is not set"
     try:
-        server = parse_upstream_server(section[UPSTREAM])
+        base = upstream_base(section[UPSTREAM])
     except ValueError as error:
         spec.error = f"preset '{model_id}': {error}"
         return spec
-    spec.upstream = UpstreamTarget(server.base, section.get("upstream-model", model_id), key)
+    spec.upstream = UpstreamTarget(base, section.get("upstream-model", model_id), key)
     return spec
 
 

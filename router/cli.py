@@ -31,7 +31,7 @@ from router.http.process import configure_logging, uvicorn_config
 from router.http.routes.ops import build_info
 from router.model_settings import model_settings
 from router.presets import PresetError, split_list
-from router.upstream import parse_upstream_server
+from router.upstream import UpstreamServer, parse_upstream_server
 from workers.cores import physical_cores
 from workers.download import DownloadError
 from workers.errors import ApiError
@@ -56,6 +56,13 @@ def sessions_redis(url: str | None) -> str | None:
     if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         raise UsageError(f"--sessions-redis: expected redis://HOST:PORT/DB, got {url!r}")
     return url or None
+
+
+def upstream_server(value: str) -> UpstreamServer:
+    try:
+        return parse_upstream_server(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--upstream",
         dest="upstreams",
         action="append",
-        type=parse_upstream_server,
+        type=upstream_server,
         default=[],
         metavar="[PREFIX=]URL",
         help="list every model of this OpenAI-compatible server (its /v1 base URL) as "

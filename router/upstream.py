@@ -44,11 +44,19 @@ class UpstreamServer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def parse_upstream_server(value: str) -> UpstreamServer:
-    prefix, _, base = value.rpartition("=") if "=" in value.split("://")[0] else ("", "", value)
-    url = httpx.URL(base)
+    prefix, _, base = value.partition("=") if "=" in value.split("://")[0] else ("", "", value)
+    return UpstreamServer(prefix or httpx.URL(base).host, upstream_base(base))
+
+
+def upstream_base(value: str) -> str:
+    """An OpenAI base URL, checked."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        url = httpx.URL()
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"--upstream wants [PREFIX=]http(s)://HOST[:PORT]/BASE, not {value!r}")
-    return UpstreamServer(prefix or url.host, base.rstrip("/"))
+        raise ValueError(f"an upstream is http(s)://HOST[:PORT]/BASE, not {value!r}")
+    return value.rstrip("/")
 
 
 class UpstreamTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

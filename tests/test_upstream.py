@@ -16,6 +16,7 @@ import requests
 from router import upstream
 from tests.fakeupstream import OPENAI_ERROR, FakeUpstream
 from tests.server import RouterProcess, free_port
+from tests.test_flags import start_and_fail
 from workers.errors import ApiError
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 1}
@@ -236,3 +237,12 @@ def test_an_open_circuit_lets_one_request_probe_after_its_pause(
     breaker.succeeded()  # back: closed
     breaker.admit("b")
     breaker.admit("b")
+
+
+def test_an_upstream_is_named_as_a_url(tmp_path: Path) -> None:
+    assert upstream.parse_upstream_server("far=http://x:1/v1?k=v") == upstream.UpstreamServer(
+        "far", "http://x:1/v1?k=v"
+    )
+    assert upstream.parse_upstream_server("https://gpu-box:8000/v1/").prefix == "gpu-box"
+    ran = start_and_fail("--upstream", "gpu-box:8000", cache=tmp_path)
+    assert ran.returncode != 0 and "an upstream is http(s)://HOST" in ran.stderr
