@@ -47,6 +47,10 @@ def front(
     return router("--models-preset", str(preset), "--upstream-check-seconds", "0.3", *args)
 
 
+def listed_ids(server: RouterProcess) -> set[str]:
+    return {entry["id"] for entry in server.get("/models").json()["data"]}
+
+
 def events(text: str) -> list[dict[str, Any]]:
     return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
@@ -68,11 +72,15 @@ def test_an_upstream_serves_its_models_through_the_router(
         router, tmp_path, sections, "--models-dir", str(models_dir), "--models-max", "1",
         "--upstream", f"far={base}",
     )  # fmt: skip
+    assert here.model("remote")["status"]["value"] in ("loading", "loaded")  # asked at once
     remote = here.wait_status("remote", "loaded")
     assert remote["source"] == "upstream" and remote["aliases"] == ["yonder"]
     assert remote["tags"] == ["gpu"] and "reason" not in remote["status"]
-    listed = {entry["id"] for entry in here.get("/models").json()["data"]}
-    assert {"far/tiny-a", "far/tiny-b", "far/embedder", "remote", "vectors"} <= listed
+    deadline = time.monotonic() + 10
+    while not {"far/tiny-a", "far/tiny-b", "far/embedder", "vectors"} <= listed_ids(here):
+        assert time.monotonic() < deadline, listed_ids(here)
+        time.sleep(0.05)
+    assert here.model("far/tiny-a")["status"]["value"] == "loaded"
 
     assert here.post("/models/load", {"model": "tiny-b"}).status_code == 200
     here.wait_status("tiny-b", "loaded")

@@ -660,8 +660,9 @@ class Supervisor:
         for model_id, spec in specs.items():
             if model_id not in self.models:
                 self.models[model_id] = Model(spec)
-            if spec.upstream is not None:
-                self.models[model_id].unreachable = self._upstreams_down.get(spec.upstream.base)
+            if spec.upstream is not None and spec.upstream.base in self._upstreams_down:
+                model = self.models[model_id]
+                model.checked, model.unreachable = True, self._upstreams_down[spec.upstream.base]
         self._rebuild_names()
         self._publish("*", "models_reload", None)
         for reader in list(self._catalog_readers):
@@ -711,8 +712,10 @@ class Supervisor:
         self._upstreams_down[base] = unreachable
         for model in self.models.values():
             upstream = model.spec.upstream
-            if upstream is not None and upstream.base == base and model.unreachable != unreachable:
-                model.unreachable = unreachable
+            if upstream is None or upstream.base != base:
+                continue
+            if not model.checked or model.unreachable != unreachable:
+                model.checked, model.unreachable = True, unreachable
                 self._changed(model)
 
     def _hung(self, model: Model, now: float) -> bool:

@@ -51,7 +51,9 @@ class Model:
     draining: bool = False
     load_started: float = 0.0
     engine: EngineTotals = field(default_factory=EngineTotals)
-    unreachable: str | None = None  # an upstream model's: why its server did not answer
+    # an upstream model's: whether its server was asked yet, and why it did not answer
+    checked: bool = False
+    unreachable: str | None = None
 
     @property
     def id(self) -> str:
@@ -59,8 +61,10 @@ class Model:
 
     @property
     def public_status(self) -> str:
-        """An upstream model is loaded while its server answers."""
+        """An upstream model is loaded while its server answers (loading until it is asked)."""
         if self.spec.upstream is not None:
+            if not self.checked:
+                return "loading"
             return "unavailable" if self.unreachable else "loaded"
         return self.status.public
 

@@ -77,7 +77,7 @@ class UpstreamWatch:
             self._supervisor.post(UpstreamChecked(base, unreachable))
             if base in servers and ids is not None:
                 listed[servers[base]] = ids
-        if listed != self.listed:
+        if listed != self.listed:  # its models come in already checked
             self.listed = listed
             await self._reload()
 
