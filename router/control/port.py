@@ -33,7 +33,7 @@ from router.messages import (
     Request,
     SupervisorCodec,
     WorkerGone,
-    read_waiting,
+    read_next,
 )
 from workers.errors import ApiError
 
@@ -85,7 +85,7 @@ class ControlPort:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        if not read_waiting(self._conn, self._codec.decode, self._on_request):
+        if not read_next(self._conn, self._codec.decode, self._on_request):
             self.close()
 
     def _on_request(self, request: Request) -> None:

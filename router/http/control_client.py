@@ -25,7 +25,7 @@ from router.messages import (
     Reply,
     Request,
     WorkerGone,
-    read_waiting,
+    read_next,
 )
 from workers.errors import ApiError
 
@@ -45,7 +45,7 @@ class RemoteControl:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        if not read_waiting(self._conn, self._codec.decode, self._on_reply):
+        if not read_next(self._conn, self._codec.decode, self._on_reply):
             self._loop.remove_reader(self._conn.fileno())
             for waiting in self._waiting.values():
                 if not waiting.done():
