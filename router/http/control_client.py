@@ -71,7 +71,10 @@ class RemoteControl:
                 waiting = self._waiting.pop(reply.call, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(reply)
-                if exchange is not None:
+                # An Admitted changes nothing the exchange's reader waits for, and waking it
+                # would cost a turn while the worker decodes; a closing exchange waits for
+                # `admitting` itself (Exchanges._finish).
+                if exchange is not None and not isinstance(reply, Admitted):
                     exchange.waker.wake()
 
     def _ask(self, request: Request, call: int) -> asyncio.Future[Reply]:
