@@ -48,6 +48,8 @@ AT_ONCE_BYTES = 16 << 10
 class LocalControl:
     """The main process's routes admit their requests with a plain call."""
 
+    admits_at_once = False  # a request waits here for its model
+
     def __init__(self, state: RouterState) -> None:
         self._state = state
 

@@ -33,6 +33,8 @@ SUPERVISOR_GONE = ApiError(503, "the router is stopping")
 
 
 class RemoteControl:
+    admits_at_once = True
+
     def __init__(self, conn: Connection, events: EventHub) -> None:
         self._conn = conn
         self._events = events
