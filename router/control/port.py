@@ -28,12 +28,12 @@ from router.messages import (
     Forward,
     Leave,
     ModelEvent,
+    PipeReader,
     Refused,
     Reply,
     Request,
     SupervisorCodec,
     WorkerGone,
-    read_next,
 )
 from workers.errors import ApiError
 
@@ -81,13 +81,14 @@ class ControlPort:
         self._conn = conn
         self._outbox = Outbox(conn, on_stuck)
         self._codec = SupervisorCodec()
+        self._reader = PipeReader(conn, self._codec.decode, self._on_request)
         self._loop = asyncio.get_running_loop()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._untap = state.events.tap(self._send_event)
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        if not read_next(self._conn, self._codec.decode, self._on_request):
+        if not self._reader.read():
             self.close()
 
     def _on_request(self, request: Request) -> None:

@@ -20,12 +20,12 @@ from router.messages import (
     HttpCodec,
     Leave,
     ModelEvent,
+    PipeReader,
     Refused,
     RelayedError,
     Reply,
     Request,
     WorkerGone,
-    read_next,
 )
 from workers.errors import ApiError
 
@@ -39,6 +39,7 @@ class RemoteControl:
         self._conn = conn
         self._events = events
         self._codec = HttpCodec()
+        self._reader = PipeReader(conn, self._codec.decode, self._on_reply)
         self._calls = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         # requests in a worker, told here if it dies first; dropped with their responses
@@ -47,7 +48,7 @@ class RemoteControl:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        if not read_next(self._conn, self._codec.decode, self._on_reply):
+        if not self._reader.read():
             self._loop.remove_reader(self._conn.fileno())
             for waiting in self._waiting.values():
                 if not waiting.done():
