@@ -9,18 +9,21 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from router.control.dispatch import Dispatch
 from router.control.port import Outbox
 from workers.ring import Ring
 
 
-def test_a_process_that_stops_reading_never_blocks_the_supervisor() -> None:
+@pytest.mark.parametrize("size", [65536, 1000])  # through the thread; at once while there is room
+def test_a_process_that_stops_reading_never_blocks_the_supervisor(size: int) -> None:
     ours, theirs = multiprocessing.Pipe()  # nobody reads `theirs`
     stuck = threading.Event()
     outbox = Outbox(ours, stuck.set, limit=4 << 20)
     started = time.monotonic()
-    for _ in range(100):  # 6.4 MB, far more than the pipe holds
-        outbox.put(b"x" * 65536)
+    for _ in range(6_400_000 // size):  # 6.4 MB, far more than the pipe holds
+        outbox.put(b"x" * size)
     assert time.monotonic() - started < 1.0  # every put returned at once
     assert stuck.is_set()  # and the process that fell behind is given up on
     outbox.close()

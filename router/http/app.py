@@ -111,6 +111,8 @@ async def drain(http: HttpState) -> None:
 class _NoControl:
     """Before the lifespan starts, no route runs."""
 
+    admits_at_once = True  # it answers at once, with a refusal
+
     async def admit(self, *args: Any) -> Any:
         raise ApiError(503, "the router is starting")
 

@@ -20,13 +20,13 @@ from router.messages import (
     HttpCodec,
     Leave,
     ModelEvent,
+    PipeReader,
     Refused,
     RelayedError,
     Reply,
     Request,
     UpstreamRoutes,
     WorkerGone,
-    read_waiting,
 )
 from router.upstream import UpstreamRoute
 from workers.errors import ApiError
@@ -35,10 +35,13 @@ SUPERVISOR_GONE = ApiError(503, "the router is stopping")
 
 
 class RemoteControl:
+    admits_at_once = True
+
     def __init__(self, conn: Connection, events: EventHub) -> None:
         self._conn = conn
         self._events = events
         self._codec = HttpCodec()
+        self._reader = PipeReader(conn, self._codec.decode, self._on_reply)
         self._calls = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         # requests in a worker, told here if it dies first; dropped with their responses
@@ -48,7 +51,7 @@ class RemoteControl:
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
-        if not read_waiting(self._conn, self._codec.decode, self._on_reply):
+        if not self._reader.read():
             self._loop.remove_reader(self._conn.fileno())
             for waiting in self._waiting.values():
                 if not waiting.done():
@@ -76,7 +79,10 @@ class RemoteControl:
                 waiting = self._waiting.pop(reply.call, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(reply)
-                if exchange is not None:
+                # An Admitted changes nothing the exchange's reader waits for, and waking it
+                # would cost a turn while the worker decodes; a closing exchange waits for
+                # `admitting` itself (Exchanges._finish).
+                if exchange is not None and not isinstance(reply, Admitted):
                     exchange.waker.wake()
 
     def _ask(self, request: Request, call: int) -> asyncio.Future[Reply]:

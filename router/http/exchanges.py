@@ -167,6 +167,8 @@ class Exchanges:
         task.add_done_callback(self._closing.discard)
 
     async def _finish(self, exchange: Exchange) -> None:
+        if exchange.admitting is not None:  # its reader is not woken for the supervisor's word
+            await asyncio.wait([exchange.admitting])
         while not exchange.let_go:
             await exchange.waker.wait()
         self._settle(exchange)

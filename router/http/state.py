@@ -20,6 +20,10 @@ from workers.session_index import SessionIndex
 class Control(Protocol):
     """The supervisor, as an HTTP process's routes ask it for models."""
 
+    # True when `admit` only sends the request on and never waits: a client that leaves
+    # meanwhile is seen by its response, which tells the supervisor
+    admits_at_once: bool
+
     async def admit(self, admission: Admission, exchange: Exchange) -> None:
         """Send the request to its model: once this returns, its answer (or, in
         `exchange.failure`, why there is none) comes into the exchange's ring."""

@@ -65,10 +65,15 @@ async def infer(request: Request) -> Any:
             raise
         return exchange
 
-    try:
-        exchange = await until_disconnect(request, admitted())
-    except ClientGone:
-        return Response(status_code=CLIENT_LEFT)
+    if http.control.admits_at_once:
+        # Watching for the client to leave costs two tasks and a turn of the loop before the
+        # request goes out, and there is no wait here for it to cut short
+        exchange = await admitted()
+    else:
+        try:
+            exchange = await until_disconnect(request, admitted())
+        except ClientGone:
+            return Response(status_code=CLIENT_LEFT)
     clock = RequestClock(http.metrics, exchange.model_id or name or "", arrived_ns)
     return RingResponse(exchange, http.exchanges.close, config.timeout, admitted, clock)
 
