@@ -32,7 +32,13 @@ from bench import (
     streams,
     upstream,
 )
-from bench.targets import Target, find_reference, reference_target, router_target
+from bench.targets import (
+    Target,
+    find_reference,
+    reference_target,
+    router_target,
+    single_model_reference,
+)
 from router.bundled import BUNDLED_DIR, gemma_model
 from router.config import default_cache_dir
 from router.model_settings import model_settings
@@ -246,7 +252,7 @@ def main() -> None:
     if "upstream" in args.parts:
         flags = ["-c", "4096", "--models-max", "4"]
         far = (
-            reference_target(reference, models, flags)
+            single_model_reference(reference, models / f"{upstream.MODEL}.gguf", ["-c", "4096"])
             if reference
             else router_target(models, work / "cache", flags)
         )

@@ -92,3 +92,11 @@ def reference_target(binary: str, models_dir: Path, flags: list[str]) -> Target:
     port = free_port()
     command = [binary, "--port", str(port), "--models-dir", str(models_dir), *flags]
     return Target("llama-server", [*command, *(["--no-repack"] if _has_amx() else [])], port)
+
+
+def single_model_reference(binary: str, model: Path, flags: list[str]) -> Target:
+    """llama-server serving one model itself, as a GPU host would (its router mode closes a
+    client's connection after each answer it relays)."""
+    port = free_port()
+    command = [binary, "--port", str(port), "-m", str(model), *flags]
+    return Target("llama-server", [*command, *(["--no-repack"] if _has_amx() else [])], port)

@@ -1,7 +1,7 @@
 """`make bench ARGS=upstream`: what a hop through llama-router costs a model served elsewhere.
 
-The upstream is llama-server when it is built (else another llama-router) on the tiny models;
-llama-router lists its `tiny-0` as an upstream model. The same short completion is timed
+The upstream is llama-server serving `tiny-0` when it is built (else another llama-router on the
+tiny models); llama-router lists that model as an upstream model. The same short completion is timed
 straight against the upstream and through the router, at 1 and at 16 clients, each client on
 its own keep-alive connection, the two alternating `--runs` times. The router's cost is the
 difference of the medians of their p50 (and p99).

@@ -24,7 +24,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.fakehub import TINY_REPO, FakeHub
-from tests.server import ROOT, RouterProcess
+from tests.server import ROOT, RouterProcess, free_port
 from tests.tinymodels import EOS_TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -419,3 +419,18 @@ def test_thinking_shows_apart_from_the_answer(
     wait_until(browser, METRICS_ANSWERED)
     assert browser.execute_script("return document.querySelector('#metrics-panel').hidden")
     assert page_errors(browser) == []
+
+
+def test_a_model_served_elsewhere_shows_why_it_is_unavailable_and_no_load_button(
+    router, tmp_path: Path, browser: WebDriver
+) -> None:
+    preset = tmp_path / "far.ini"
+    preset.write_text(f"[far]\nupstream = http://127.0.0.1:{free_port()}/v1\n")
+    server = router("--models-preset", str(preset), "--upstream-check-seconds", "0.3")
+    browser.get(server.url + "/")
+    wait_until(browser, ROW + "return row?.dataset.status === 'unavailable'", 20, "far")
+    text = ROW + "return row.querySelector('.model-meta').textContent"
+    meta = browser.execute_script(text, "far")
+    assert meta.startswith("upstream") and server.model("far")["status"]["reason"] in meta
+    hidden = ROW + "return [...row.querySelectorAll('button')].filter(b => !b.hidden).length"
+    assert browser.execute_script(hidden, "far") == 0

@@ -294,11 +294,14 @@ function renderModel(entry) {
   const meta = [entry.source];
   if (entry.aliases?.length) meta.push(`aliases: ${entry.aliases.join(', ')}`);
   if (typeof entry.memory === 'number') meta.push(`${mib(entry.memory)} MiB`);
+  if (status.reason) meta.push(status.reason);
   row.meta.textContent = meta.filter(Boolean).join(' · ');
   showProgress(row, value, status.progress);
+  // a model another server serves is neither loaded nor unloaded here
+  const remote = entry.source === 'upstream';
   const running = ['loading', 'loaded', 'sleeping'].includes(value);
-  row.buttons.load.hidden = running || value === 'downloading';
-  row.buttons.unload.hidden = !running;
+  row.buttons.load.hidden = remote || running || value === 'downloading';
+  row.buttons.unload.hidden = remote || !running;
   row.buttons.cancel.hidden = value !== 'downloading';
   row.buttons.delete.hidden = !entry.can_remove || value === 'downloading';
 }
