@@ -181,11 +181,14 @@ async def warm_latency(url: str, main_pid: int, on_main: bool, count: int) -> di
     return summary(latencies)
 
 
-async def timed_completions(client: Client, model: str, count: int) -> list[float]:
-    """Seconds each of `count` short completions took, one at a time, after one to warm up."""
+async def timed_completions(
+    client: Client, model: str, count: int, latencies: list[float] | None = None
+) -> list[float]:
+    """Seconds each of `count` short completions took, one at a time, after one to warm up
+    (added to `latencies` as they come)."""
     body = json.dumps(completion(model)).encode()
     await client.request("POST", "/v1/completions", body)
-    latencies = []
+    latencies = [] if latencies is None else latencies
     for _ in range(count):
         started = time.perf_counter()
         await client.request("POST", "/v1/completions", body)

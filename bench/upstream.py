@@ -10,6 +10,7 @@ difference of the medians of their p50 (and p99).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import statistics
 from collections.abc import Callable
@@ -29,9 +30,12 @@ async def latencies(url: str, model: str, clients: int, count: int) -> list[floa
     """Seconds per request of `clients` connections sending `count` requests each in turn."""
 
     async def client() -> list[float]:
-        connection = await Client.open(url)
-        times = await timed_completions(connection, model, count)
-        connection.close()
+        times: list[float] = []
+        while len(times) < count:  # a server may close a keep-alive connection: open another
+            connection = await Client.open(url)
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await timed_completions(connection, model, count - len(times), times)
+            connection.close()
         return times
 
     return [t for times in await asyncio.gather(*(client() for _ in range(clients))) for t in times]

@@ -46,7 +46,7 @@ async def copy_upstream(
             media = response.headers.get("content-type", "")
             if not media.startswith("text/event-stream"):
                 answer = b"".join([chunk async for chunk in chunks(response, route.target.base)])
-                ring.begin(response.status_code, Media.JSON)
+                ring.begin(response.status, Media.JSON)
                 ring.write(answer)
                 return
             ring.begin(200, Media.EVENT_STREAM)

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import httpx
+import aiohttp
 import msgspec
 
 from router.config import RouterConfig
@@ -60,13 +60,13 @@ class UpstreamWatch:
         }
 
     async def _check_forever(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=8)
-        async with httpx.AsyncClient(timeout=CHECK_TIMEOUT, limits=limits) as client:
+        timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as client:
             while True:
                 await self.check(client)
                 await asyncio.sleep(self._config.upstream_check_seconds)
 
-    async def check(self, client: httpx.AsyncClient) -> None:
+    async def check(self, client: aiohttp.ClientSession) -> None:
         servers = {server.base: server for server in self._config.upstreams}
         targets = self._targets()
         bases = sorted({*servers, *targets})
@@ -82,17 +82,18 @@ class UpstreamWatch:
             await self._reload()
 
     async def _ask(
-        self, client: httpx.AsyncClient, base: str, target: UpstreamTarget | None
+        self, client: aiohttp.ClientSession, base: str, target: UpstreamTarget | None
     ) -> tuple[list[str] | None, str | None]:
         """The ids the server lists, or why it did not answer."""
         headers = target.headers() if target is not None else {}
         try:
-            response = await client.get(base.rstrip("/") + "/models", headers=headers)
-        except httpx.HTTPError as error:
+            async with client.get(base.rstrip("/") + "/models", headers=headers) as response:
+                if response.status != 200:
+                    return None, f"its models route answered {response.status}"
+                answer = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
             return None, f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        if response.status_code != 200:
-            return None, f"its models route answered {response.status_code}"
         try:
-            return [entry.id for entry in self._decode(response.content).data], None
+            return [entry.id for entry in self._decode(answer).data], None
         except msgspec.DecodeError as error:
             return None, f"its models route answered no model list: {error}"

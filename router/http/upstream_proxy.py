@@ -49,7 +49,7 @@ class UpstreamResponse(FollowingResponse):
             if not media.startswith("text/event-stream"):
                 answer = b"".join([chunk async for chunk in chunks(response, base)])
                 timing = clock.server_timing(answered_ns)
-                await send_json(send, response.status_code, answer, [timing], media.encode())
+                await send_json(send, response.status, answer, [timing], media.encode())
                 return True
             headers = [*SSE_HEADERS, clock.server_timing(answered_ns)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
