@@ -202,7 +202,14 @@ class Decoder:
     def close(self, sequence: Sequence) -> None:
         with self._lock:
             sequence.closing = True
+            # counted out now, not when the decoder next retires it: a client that has its
+            # whole answer and reads /metrics at once sees the request done
+            self._count_processing()
             self._work.notify()
+
+    def _count_processing(self) -> None:
+        processing = sum(1 for sequence in self._active if not sequence.closing)
+        self.counters.set(Figure.PROCESSING, processing)
 
     def exclusively(self, work: Callable[[], T]) -> T:
         """Run `work` (an embedding) alone on the context, which it leaves empty."""
@@ -418,7 +425,7 @@ class Decoder:
         for sequence in self._admitted:
             self._seat(sequence)
         self._admitted.clear()
-        self.counters.set(Figure.PROCESSING, len(self._active))
+        self._count_processing()
         plan = plan_step(self._active, self._n_batch)
         self._make_room(sum(len(tokens) for _, tokens, _ in plan))
         return plan
