@@ -329,7 +329,7 @@ def compare_runs(
         for name in makers:
             values = [run[key] for run in figures[name]]
             medians.append(statistics.median(values))
-            cells.append(f"{medians[-1]:.3g} ({min(values):.3g}-{max(values):.3g})")
+            cells.append(measure.spread(values))
         ratio = f"{medians[0] / medians[1]:6.2f}" if len(medians) == 2 and medians[1] else ""
         print(f"{key:34} {cells[0]:>22} {cells[1] if len(cells) > 1 else '':>22} {ratio}")
     return figures

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench import streams
-from bench.measure import completion, summary
+from bench.measure import completion, spread, summary
 from bench.targets import Target
 
 WORKERS = (1, 2, 4)
@@ -290,7 +290,7 @@ def run(
     print(f"\n--http-workers N on tiny models: median of {runs} runs (min-max)")
     print(f"{'measure':28}" + "".join(f"{f'N={workers}':>22}" for workers in WORKERS))
     for key in dict.fromkeys(key for done in figures.values() for one in done for key in one):
-        cells = [_cell([one[key] for one in figures[workers] if key in one]) for workers in WORKERS]
+        cells = [spread([one[key] for one in figures[n] if key in one]) for n in WORKERS]
         print(f"{key:28}" + "".join(f"{cell:>22}" for cell in cells))
     for workers, failure in failures.items():
         print(f"N={workers} failed (log: llama-router-http-workers-{workers}.log): {failure}")
@@ -299,17 +299,6 @@ def run(
         "failures": {f"N={workers}": failure for workers, failure in failures.items()},
         "ratios": report_ratios(figures),
     }
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    low, median, high = map(_number, (min(values), statistics.median(values), max(values)))
-    return f"{median} ({low}-{high})"
-
-
-def _number(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def report_ratios(figures: dict[int, list[dict[str, float]]]) -> dict[str, float | None]:

@@ -113,3 +113,15 @@ def summary(latencies: list[float]) -> dict[str, float]:
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * percentile(latencies, 0.99),
     }
+
+
+def spread(values: list[float]) -> str:
+    """Several runs' figure as `median (min-max)`."""
+    if not values:
+        return "-"
+    low, median, high = map(_number, (min(values), statistics.median(values), max(values)))
+    return f"{median} ({low}-{high})"
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"

@@ -21,7 +21,7 @@ import requests
 
 from bench import streams
 from bench.http_workers import SLOW, _load
-from bench.measure import completion
+from bench.measure import completion, spread
 from bench.targets import Target
 from tests.redis_server import RedisServer
 
@@ -89,9 +89,7 @@ def run(make_target: Callable[[list[str]], Target], work: Path, runs: int) -> di
         redis_server.kill()
     print(f"\nlive tail through Redis on another replica: median of {runs} runs (min-max)")
     for key in figures[0]:
-        values = [one[key] for one in figures]
-        low, median, high = min(values), statistics.median(values), max(values)
-        print(f"{key:34} {median:10.3g} ({low:.3g}-{high:.3g})")
+        print(f"{key:34} {spread([one[key] for one in figures]):>24}")
     p50 = statistics.median(one["remote - local p50 ms"] for one in figures)
     verdict = "met" if p50 < AIM_MS else "MISSED"
     print(f"{'added per event p50 (aim < 5 ms)':34} {p50:10.3g} {verdict}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.http_workers import Client, timed_completions
-from bench.measure import summary
+from bench.measure import spread, summary
 from bench.targets import Target
 
 MODEL = "tiny-0"
@@ -84,14 +84,10 @@ def report(upstream: str, figures: dict[str, list[dict[str, float]]], runs: int)
         direct = [one[key] for one in figures["direct"]]
         routed = [one[key] for one in figures["through the router"]]
         added[key] = statistics.median(routed) - statistics.median(direct)
-        print(f"{key:22}{_cell(direct):>20}{_cell(routed):>22}{added[key]:>10.2f}")
+        print(f"{key:22}{spread(direct):>20}{spread(routed):>22}{added[key]:>10.2f}")
     for clients in CLIENT_COUNTS:
         value = added[f"p50 ms, {clients} clients"]
         verdict = "met" if value < TARGET_ADDED_P50_MS else "MISSED"
         aim = f"aim < {TARGET_ADDED_P50_MS}"
         print(f"added p50 at {clients} clients: {value:.2f} ms ({aim}) {verdict}")
     return {**figures, "added_ms": added}
-
-
-def _cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
