@@ -285,3 +285,25 @@ def test_a_number_of_slots_splits_the_context_as_llama_server_does(
         1024
     }
     assert shared.post("/v1/completions", {"model": "tiny-a", "prompt": "x" * 600}).ok
+
+
+def test_a_request_that_ended_no_longer_holds_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a request's thread wakes the worker's main thread, the request has already let go
+    of its slot: otherwise the next request or command (an unload, a swap) waited for the next
+    heartbeat, a whole second, whenever the thread had not quite exited yet."""
+    from workers import model as worker
+
+    monkeypatch.setattr(worker, "serve", lambda *args: None)
+    seen_on_wakeup: list[int] = []
+    woken = threading.Event()
+
+    def wakeup() -> None:
+        requests_.start_waiting(1)  # what the main thread does when woken
+        seen_on_wakeup.append(len(requests_.running))
+        woken.set()
+
+    requests_ = worker._Requests(None, None, None, wakeup)  # type: ignore[arg-type]
+    requests_.waiting.append(None)  # type: ignore[arg-type]
+    requests_.start_waiting(1)
+    assert woken.wait(5)
+    assert seen_on_wakeup == [0]

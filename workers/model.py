@@ -144,20 +144,25 @@ class _Requests:
     ) -> None:
         self.waiting: deque[Infer] = deque()
         self.running: set[threading.Thread] = set()
+        self._lock = threading.Lock()
         self._engine, self._rings, self._notes, self._wakeup = engine, rings, notes, wakeup
 
     def start_waiting(self, slots: int) -> None:
-        self.running = {thread for thread in self.running if thread.is_alive()}
-        while self.waiting and len(self.running) < slots:
-            request = self.waiting.popleft()
-            thread = threading.Thread(target=self._serve, args=(request,), daemon=True)
-            self.running.add(thread)
-            thread.start()
+        with self._lock:
+            while self.waiting and len(self.running) < slots:
+                request = self.waiting.popleft()
+                thread = threading.Thread(target=self._serve, args=(request,), daemon=True)
+                self.running.add(thread)
+                thread.start()
 
     def _serve(self, request: Infer) -> None:
         try:
             serve(self._engine, self._rings, request, self._notes)
         finally:
+            # Off the set before the wake-up: a thread that is still alive when the main thread
+            # looks would hold back the next request or command until the next heartbeat.
+            with self._lock:
+                self.running.discard(threading.current_thread())
             self._wakeup()
 
 
