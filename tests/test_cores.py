@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from router.control.cores import CoreMeter
 from tests.server import RouterProcess
 from tests.tinymodels import EOS_TOKEN
+from workers.cores import CoreTable
 
 NO_EOS = {str(EOS_TOKEN): -100}
 
@@ -125,3 +127,16 @@ def test_a_core_taken_by_another_program_is_left_to_it(router, two_slow_models: 
     assert ("slow-a", 2) in threads_while(
         server, ["slow-a"], lambda: generate(server, "slow-a", 500)
     )
+
+
+def test_a_worker_that_ended_between_two_measures_is_not_another_program() -> None:
+    """An unloaded worker's last CPU time is the router's own: counted as another program's,
+    it took a core from the models for a whole tick after every exit (a cold load then ran its
+    prompt on one thread)."""
+    table = CoreTable(2)
+    meter = CoreMeter(table, 2)
+    meter.measure()
+    burn = "import time\nend = time.process_time() + 0.8\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)  # a child that ends, reaped
+    meter.measure()
+    assert table.free() == 2

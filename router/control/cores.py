@@ -8,6 +8,7 @@ their time is not counted against the budget.
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import psutil
@@ -16,6 +17,11 @@ from workers.cores import CoreTable
 
 # Another program counts as a core taken once it keeps most of one busy.
 _TAKEN_FROM = 0.6
+
+
+def _reaped_children_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _busy_seconds() -> float:
@@ -31,25 +37,24 @@ class CoreMeter:
         self.table = table
         self.budget = budget
         self._router = psutil.Process(os.getpid())
-        self._seconds: dict[int, tuple[psutil.Process, float]] = {}
+        self._ours = 0.0
         self._last: tuple[float, float] | None = None
         table.publish(budget)
 
     def _our_seconds_since(self) -> float:
-        """CPU seconds this router and its workers used since the last call (a process's whole
-        time when it is new; a cached psutil object keeps a pid's identity)."""
-        spent = 0.0
-        seconds: dict[int, tuple[psutil.Process, float]] = {}
-        for found in [self._router, *self._router.children(recursive=True)]:
-            process, before = self._seconds.get(found.pid, (found, 0.0))
+        """CPU seconds this router and its workers used since the last call. Children that
+        ended meanwhile count through the kernel's tally of reaped children: otherwise a
+        worker that exits (an unload, a spare let go) would count as another program's load
+        and take a core from the models for the next tick."""
+        total = _reaped_children_seconds()
+        for process in [self._router, *self._router.children(recursive=True)]:
             try:
                 times = process.cpu_times()
             except psutil.Error:
                 continue
-            total = times.user + times.system
-            seconds[found.pid] = (process, total)
-            spent += total - before
-        self._seconds = seconds
+            total += times.user + times.system
+        spent = total - self._ours
+        self._ours = total
         return spent
 
     def measure(self) -> None:
