@@ -205,7 +205,8 @@ def main() -> None:
             args.runs,
         )
     if "slots" in args.parts:
-        parallel = ["-c", "4096", "-np", "4", "--models-max", "1"]
+        # 4,096 tokens a slot, as llama-server gives each of -np 4 slots: room for the long turn
+        parallel = ["-c", "16384", "-np", "4", "--models-max", "1"]
         results["slots"] = compare_runs(
             "one model, -np 4",
             lambda target: slots.run(target.url, "gemma", args.tokens, "tiny-0"),
