@@ -252,11 +252,13 @@ def main() -> None:
         )
     if "upstream" in args.parts:
         flags = ["-c", "4096", "--models-max", "4"]
-        far = (
-            single_model_reference(reference, models / f"{upstream.MODEL}.gguf", ["-c", "4096"])
-            if reference
-            else router_target(models, work / "cache", flags)
-        )
+
+        def far(more: list[str]) -> Target:
+            if reference:
+                tiny = models / f"{upstream.MODEL}.gguf"
+                return single_model_reference(reference, tiny, ["-c", "4096", *more])
+            return router_target(models, work / "cache", [*flags, *more])
+
         results["upstream"] = upstream.run(
             far,
             lambda preset: router_target(

@@ -34,6 +34,7 @@ class Target:
     command: list[str]
     port: int
     process: subprocess.Popen[bytes] | None = None
+    cpus: frozenset[int] | None = None  # the CPUs it may run on (and its children); None: any
 
     @property
     def url(self) -> str:
@@ -41,8 +42,13 @@ class Target:
 
     def start(self, log_dir: Path) -> None:
         log = open(log_dir / f"{self.name}.log", "wb")  # noqa: SIM115 (lives with the process)
+        cpus = self.cpus
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            self.command,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.process.poll() is None:

@@ -5,6 +5,11 @@ tiny models); llama-router lists that model as an upstream model. The same short
 straight against the upstream and through the router, at 1 and at 16 clients, each client on
 its own keep-alive connection, the two alternating `--runs` times. The router's cost is the
 difference of the medians of their p50 (and p99).
+
+Twice: with every process sharing all the cores, and with the upstream alone on one core
+(`-t 1`) while the router and the clients share the others, as when the upstream is another
+machine. Sharing, each request's CPU time in the router is taken from the upstream itself, so
+at 16 clients, where the upstream is never idle, the queue of 16 pays it 16 times over.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.http_workers import Client, timed_completions
 from bench.measure import spread, summary
@@ -51,28 +57,67 @@ def measure(url: str, model: str, count: int) -> dict[str, float]:
     return result
 
 
+class Placement(NamedTuple):
+    name: str
+    upstream_cpus: frozenset[int] | None
+    router_cpus: frozenset[int] | None
+    upstream_flags: list[str]
+
+
+def placements() -> list[Placement]:
+    cpus = sorted(os.sched_getaffinity(0))
+    shared = Placement("sharing every core", None, None, [])
+    if len(cpus) < 2:
+        return [shared]
+    alone = frozenset(cpus[-1:])
+    return [shared, Placement("upstream alone on a core", alone, frozenset(cpus[:-1]), ["-t", "1"])]
+
+
 def run(
-    upstream: Target,
+    make_upstream: Callable[[list[str]], Target],
     make_front: Callable[[Path], Target],
     work: Path,
     runs: int,
     count: int,
 ) -> dict[str, Any]:
-    upstream = dataclasses.replace(upstream, name=f"upstream-{upstream.name}")
+    return {
+        placement.name: run_placed(placement, make_upstream, make_front, work, runs, count)
+        for placement in placements()
+    }
+
+
+def run_placed(
+    placement: Placement,
+    make_upstream: Callable[[list[str]], Target],
+    make_front: Callable[[Path], Target],
+    work: Path,
+    runs: int,
+    count: int,
+) -> dict[str, Any]:
+    upstream = make_upstream(placement.upstream_flags)
+    upstream = dataclasses.replace(
+        upstream, name=f"upstream-{upstream.name}", cpus=placement.upstream_cpus
+    )
     upstream.start(work)
     preset = work / "upstream.ini"
     preset.write_text(f"[remote]\nupstream = {upstream.url}/v1\nupstream-model = {MODEL}\n")
-    front = dataclasses.replace(make_front(preset), name="llama-router-upstream-front")
+    front = dataclasses.replace(
+        make_front(preset), name="llama-router-upstream-front", cpus=placement.router_cpus
+    )
     front.start(work)
     figures: dict[str, list[dict[str, float]]] = {"direct": [], "through the router": []}
+    own_cpus = os.sched_getaffinity(0)
+    if placement.router_cpus is not None:
+        os.sched_setaffinity(0, placement.router_cpus)  # the clients, beside the router
     try:
         for _ in range(runs):
             figures["direct"].append(measure(upstream.url, MODEL, count))
             figures["through the router"].append(measure(front.url, "remote", count))
     finally:
+        os.sched_setaffinity(0, own_cpus)
         front.stop()
         upstream.stop()
-    return report(upstream.name, figures, runs)
+    return report(f"{upstream.name}, {placement.name}", figures, runs)
 
 
 def report(upstream: str, figures: dict[str, list[dict[str, float]]], runs: int) -> dict[str, Any]:
