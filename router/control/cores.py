@@ -46,13 +46,15 @@ class CoreMeter:
         ended meanwhile count through the kernel's tally of reaped children: otherwise a
         worker that exits (an unload, a spare let go) would count as another program's load
         and take a core from the models for the next tick."""
-        total = _reaped_children_seconds()
+        total = 0.0
         for process in [self._router, *self._router.children(recursive=True)]:
             try:
                 times = process.cpu_times()
             except psutil.Error:
                 continue
             total += times.user + times.system
+        # Read after the live ones: a child reaped in between counts twice, not never.
+        total += _reaped_children_seconds()
         spent = total - self._ours
         self._ours = total
         return spent
