@@ -80,44 +80,33 @@ def run(
     runs: int,
     count: int,
 ) -> dict[str, Any]:
-    return {
-        placement.name: run_placed(placement, make_upstream, make_front, work, runs, count)
-        for placement in placements()
-    }
-
-
-def run_placed(
-    placement: Placement,
-    make_upstream: Callable[[list[str]], Target],
-    make_front: Callable[[Path], Target],
-    work: Path,
-    runs: int,
-    count: int,
-) -> dict[str, Any]:
-    upstream = make_upstream(placement.upstream_flags)
-    upstream = dataclasses.replace(
-        upstream, name=f"upstream-{upstream.name}", cpus=placement.upstream_cpus
-    )
-    upstream.start(work)
-    preset = work / "upstream.ini"
-    preset.write_text(f"[remote]\nupstream = {upstream.url}/v1\nupstream-model = {MODEL}\n")
-    front = dataclasses.replace(
-        make_front(preset), name="llama-router-upstream-front", cpus=placement.router_cpus
-    )
-    front.start(work)
-    figures: dict[str, list[dict[str, float]]] = {"direct": [], "through the router": []}
-    own_cpus = os.sched_getaffinity(0)
-    if placement.router_cpus is not None:
-        os.sched_setaffinity(0, placement.router_cpus)  # the clients, beside the router
-    try:
-        for _ in range(runs):
-            figures["direct"].append(measure(upstream.url, MODEL, count))
-            figures["through the router"].append(measure(front.url, "remote", count))
-    finally:
-        os.sched_setaffinity(0, own_cpus)
-        front.stop()
-        upstream.stop()
-    return report(f"{upstream.name}, {placement.name}", figures, runs)
+    results = {}
+    for placement in placements():
+        upstream = make_upstream(placement.upstream_flags)
+        upstream = dataclasses.replace(
+            upstream, name=f"upstream-{upstream.name}", cpus=placement.upstream_cpus
+        )
+        upstream.start(work)
+        preset = work / "upstream.ini"
+        preset.write_text(f"[remote]\nupstream = {upstream.url}/v1\nupstream-model = {MODEL}\n")
+        front = dataclasses.replace(
+            make_front(preset), name="llama-router-upstream-front", cpus=placement.router_cpus
+        )
+        front.start(work)
+        figures: dict[str, list[dict[str, float]]] = {"direct": [], "through the router": []}
+        own_cpus = os.sched_getaffinity(0)
+        if placement.router_cpus is not None:
+            os.sched_setaffinity(0, placement.router_cpus)  # the clients, beside the router
+        try:
+            for _ in range(runs):
+                figures["direct"].append(measure(upstream.url, MODEL, count))
+                figures["through the router"].append(measure(front.url, "remote", count))
+        finally:
+            os.sched_setaffinity(0, own_cpus)
+            front.stop()
+            upstream.stop()
+        results[placement.name] = report(f"{upstream.name}, {placement.name}", figures, runs)
+    return results
 
 
 def report(upstream: str, figures: dict[str, list[dict[str, float]]], runs: int) -> dict[str, Any]:
