@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from router.control import cores
 from router.control.cores import CoreMeter
 from tests.server import RouterProcess
 from tests.tinymodels import EOS_TOKEN
@@ -129,10 +131,21 @@ def test_a_core_taken_by_another_program_is_left_to_it(router, two_slow_models: 
     )
 
 
-def test_a_worker_that_ended_between_two_measures_is_not_another_program() -> None:
+def test_a_worker_that_ended_between_two_measures_is_not_another_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An unloaded worker's last CPU time is the router's own: counted as another program's,
     it took a core from the models for a whole tick after every exit (a cold load then ran its
     prompt on one thread)."""
+
+    def only_this_process_and_its_children_are_busy() -> float:
+        spent = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            spent += usage.ru_utime + usage.ru_stime
+        return spent
+
+    monkeypatch.setattr(cores, "_busy_seconds", only_this_process_and_its_children_are_busy)
     table = CoreTable(2)
     meter = CoreMeter(table, 2)
     meter.measure()

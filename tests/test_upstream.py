@@ -14,6 +14,8 @@ import pytest
 import requests
 
 from router import upstream
+from router.catalog import ModelSpec
+from router.control.table import Model
 from tests.fakeupstream import OPENAI_ERROR, FakeUpstream
 from tests.server import RouterProcess, free_port
 from tests.test_flags import start_and_fail
@@ -72,7 +74,6 @@ def test_an_upstream_serves_its_models_through_the_router(
         router, tmp_path, sections, "--models-dir", str(models_dir), "--models-max", "1",
         "--upstream", f"far={base}",
     )  # fmt: skip
-    assert here.model("remote")["status"]["value"] in ("loading", "loaded")  # asked at once
     remote = here.wait_status("remote", "loaded")
     assert remote["source"] == "upstream" and remote["aliases"] == ["yonder"]
     assert remote["tags"] == ["gpu"] and "reason" not in remote["status"]
@@ -94,16 +95,20 @@ def test_an_upstream_serves_its_models_through_the_router(
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert content(events(streamed.content.decode())) == direct["choices"][0]["message"]["content"]
     assert streamed.text.rstrip().endswith("data: [DONE]")
-    completion = here.post("/v1/completions", {"model": "remote", "prompt": "ab", "max_tokens": 4})
-    assert completion.status_code == 200 and completion.json()["choices"][0]["text"] is not None
+    prompt = {"prompt": "ab", "max_tokens": 4, "seed": 1}
+    completion = here.post("/v1/completions", {**prompt, "model": "remote"})
+    far_text = far.post("/v1/completions", {**prompt, "model": "tiny-a"}).json()["choices"][0]
+    assert completion.status_code == 200
+    assert completion.json()["choices"][0]["text"] == far_text["text"]
     vectors = here.post("/v1/embeddings", {"model": "vectors", "input": "hello"})
     assert vectors.status_code == 200 and len(vectors.json()["data"][0]["embedding"]) > 0
 
     # never loaded here: no worker, no count against --models-max, no eviction
     with_worker = [entry["id"] for entry in here.get("/models").json()["data"] if "pid" in entry]
     assert here.status("tiny-b") == "loaded" and with_worker == ["tiny-b"]
-    refused = here.post("/models/load", {"model": "remote"})
-    assert refused.status_code == 400 and base in refused.json()["error"]["message"]
+    for action in ("load", "unload"):
+        refused = here.post(f"/models/{action}", {"model": "remote"})
+        assert refused.status_code == 400 and base in refused.json()["error"]["message"]
     elsewhere = here.post("/tokenize", {"model": "remote", "content": "hi"})
     assert elsewhere.status_code == 400 and "remote" in elsewhere.json()["error"]["message"]
 
@@ -136,9 +141,10 @@ def test_a_session_of_an_upstream_model_resumes_and_stops(
         "/v1/chat/completions", endless, headers={"X-Conversation-Id": "c2"}, stream=True
     ) as started:
         next(started.iter_content(64))  # the session runs; the client goes
-    time.sleep(0.3)
+    time.sleep(0.5)  # long enough for a request cut with its client to have ended upstream
+    assert far.get("/slots", params={"model": "slow"}).json()[0]["is_processing"]
     follow = here.get("/v1/stream", params={"conv_id": "c2", "from": 0}, stream=True)
-    assert next(follow.iter_content(64))
+    assert follow.status_code == 200 and next(follow.iter_content(64)).startswith(b"id: ")
     assert requests.delete(here.url + "/v1/stream", params={"conv_id": "c2"}).status_code == 204
     deadline = time.monotonic() + 5
     while far.get("/slots", params={"model": "slow"}).json()[0]["is_processing"]:
@@ -254,3 +260,13 @@ def test_an_upstream_is_named_as_a_url(tmp_path: Path) -> None:
     assert upstream.parse_upstream_server("https://gpu-box:8000/v1/").prefix == "gpu-box"
     ran = start_and_fail("--upstream", "gpu-box:8000", cache=tmp_path)
     assert ran.returncode != 0 and "an upstream is http(s)://HOST" in ran.stderr
+
+
+def test_an_upstream_model_is_loading_until_its_server_was_asked() -> None:
+    target = upstream.UpstreamTarget("http://gpu-box:8000/v1", "m")
+    model = Model(ModelSpec(id="remote", source="upstream", upstream=target))
+    assert model.public_status == "loading"
+    model.checked = True
+    assert model.public_status == "loaded"
+    model.unreachable = "connection refused"
+    assert model.public_status == "unavailable"
