@@ -118,6 +118,10 @@ class Breaker:
             )
         self.probing = True
 
+    def let_go(self) -> None:
+        """The request went without an answer either way (its client left): another may probe."""
+        self.probing = False
+
     def succeeded(self) -> None:
         self.failures, self.probing = 0, False
 
@@ -159,8 +163,18 @@ class UpstreamClient:
         breaker.admit(target.base)
         url = target.base.rstrip("/") + path
         content = rewrite_model(body, target.model)
-        headers = {"content-type": "application/json", **target.headers()}
-        response = await self._send(url, content, headers, target.base, breaker)
+        # identity: the answer is passed on as it comes, and a client that asked for no
+        # compression must not get it compressed
+        headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            **target.headers(),
+        }
+        try:
+            response = await self._send(url, content, headers, target.base, breaker)
+        except BaseException:
+            breaker.let_go()  # a cancelled probe must not keep the circuit shut for good
+            raise
         try:
             if response.status >= 400:
                 await _raise_error(response, target.base, breaker)

@@ -15,6 +15,8 @@ import pytest
 import redis
 import requests
 
+from router.control.redis_mirror import PASS_BYTES, mirror_entries
+from router.http.remote_sessions import PAGE
 from tests.redis_server import RedisServer
 from tests.server import RouterProcess
 from tests.test_streams import CONV, finish, lookup, replay, start_session, wait_done
@@ -149,12 +151,13 @@ def test_a_session_outlives_the_sigkill_of_its_replica(replicas) -> None:
     a.wait_status("slow", "loaded")
     chunks = wait_replay(b, stream=True).iter_content(chunk_size=None)
     received = next(chunks)
-    time.sleep(0.5)
+    time.sleep(2.5)  # more events than one read of Redis returns (PAGE)
     a.stop(signal.SIGKILL)
     killed = time.monotonic()
     received += b"".join(chunks)  # the tail ends once the owner's heartbeat lapses
     assert time.monotonic() - killed < 8
     events = received.split(b"\n\n")
+    assert len(events) > PAGE
     assert error_of(events[-2])["message"].startswith("the replica generating this stream is gone")
     replayed = replay(b)  # every byte the dead replica wrote is still there, and the same end
     assert replayed.elapsed.total_seconds() < 0.5 and replayed.content == received
@@ -202,3 +205,12 @@ def test_a_copy_expires_with_the_session_ttl_even_when_its_replica_is_gone(
         time.sleep(0.1)
     client = redis.Redis.from_url(redis_server.url)
     assert not [key for key in client.keys("llama-router:*") if b":replica:" not in key]
+
+
+def test_a_json_answer_longer_than_a_pass_is_mirrored_whole() -> None:
+    """An answer with no event end in a whole pass (a big JSON body) goes as it is; waiting
+    for an event's end stalled its session, and the mirror with it, until the TTL."""
+    body = b'{"data": "' + b"x" * PASS_BYTES + b'"}'
+    assert mirror_entries(body[:PASS_BYTES], ended=False) == [body[:PASS_BYTES]]
+    assert mirror_entries(b"data: 1\n\ndata: 2", ended=False) == [b"data: 1\n\n"]
+    assert mirror_entries(b"data: 1\n\ndata: 2", ended=True) == [b"data: 1\n\n", b"data: 2"]

@@ -3,6 +3,8 @@ upstream that fails on purpose (tests/fakeupstream.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -201,7 +203,9 @@ def test_an_upstream_api_key_comes_from_the_environment_and_connections_are_reus
     assert len(set(fake.client_ports)) == 1  # one pooled connection, used again
     _, sent, headers = fake.requests[-1]
     assert sent["model"] == "keyed"  # upstream-model defaults to the section's name
-    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer s3cret"
+    sent_headers = {k.lower(): v for k, v in headers.items()}
+    assert sent_headers["authorization"] == "Bearer s3cret"
+    assert sent_headers["accept-encoding"] == "identity"  # its bytes go on as they come
 
 
 def test_connections_are_retried_before_the_first_byte_then_the_circuit_opens(
@@ -270,3 +274,37 @@ def test_an_upstream_model_is_loading_until_its_server_was_asked() -> None:
     assert model.public_status == "loaded"
     model.unreachable = "connection refused"
     assert model.public_status == "unavailable"
+
+
+def test_a_probe_whose_client_left_lets_the_next_request_probe(fake: FakeUpstream) -> None:
+    async def scenario() -> None:
+        client = upstream.UpstreamClient(timeout=30)
+        target = upstream.UpstreamTarget(fake.base("hang"), "m")
+        breaker = client._breakers.setdefault(target.base, upstream.Breaker())
+        breaker.failures = upstream.BREAKER_FAILURES  # open, and its pause over
+
+        async def ask() -> None:
+            async with client.open(target, "m", "/v1/chat/completions", b'{"model": "m"}'):
+                pass
+
+        probe = asyncio.create_task(ask())
+        await asyncio.sleep(0.3)
+        assert breaker.probing
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        assert not breaker.probing  # else every request answered 503 from then on
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_upstream_models_added_by_a_catalog_reload_are_checked(
+    router: Callable[..., RouterProcess], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    preset = tmp_path / "later.ini"
+    preset.write_text("")
+    here = router("--models-preset", str(preset), "--upstream-check-seconds", "0.3")
+    preset.write_text(f"[later]\nupstream = {fake.base('ok')}\nupstream-model = m\n")
+    assert "later" in {entry["id"] for entry in here.get("/models?reload=1").json()["data"]}
+    here.wait_status("later", "loaded", timeout=5)

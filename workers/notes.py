@@ -33,8 +33,11 @@ class NoteSender:
     """A writer's connections to the HTTP processes, opened on first use and again after a
     process was replaced. Safe to use from several threads."""
 
-    def __init__(self, router_pid: int) -> None:
+    def __init__(self, router_pid: int, timeout: float = _SEND_TIMEOUT) -> None:
+        """`timeout` 0: never block (an event loop's sender); a reader that fell that far
+        behind loses its connection and is sent the next note on a new one."""
         self._router_pid = router_pid
+        self._timeout = timeout
         self._sockets: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
 
@@ -58,7 +61,7 @@ class NoteSender:
 
     def _connect(self, process: int) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(_SEND_TIMEOUT)
+        sock.settimeout(self._timeout)
         try:
             sock.connect(address(self._router_pid, process))
         except OSError:

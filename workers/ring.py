@@ -338,6 +338,17 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def split_events(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole SSE events in `data`, each with the blank line that ends it, and the rest:
+    every byte kept, so that offsets counted over the events are the ring's."""
+    events = []
+    start = 0
+    while (end := data.find(b"\n\n", start)) >= 0:
+        events.append(data[start : end + 2])
+        start = end + 2
+    return events, data[start:]
+
+
 def with_event_id(event: bytes, start: int) -> bytes:
     """Prefix `id: N` where N is the ring offset just past this very event."""
     digits = len(str(start + len(event)))

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from router import session_store as store
 from router.http.exchanges import RingWatch
-from workers.ring import OffsetLost, RingState
+from workers.ring import OffsetLost, Ring, RingState, split_events
 from workers.session_index import SessionState
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class Track:
     claimed: bool = False  # its record has been taken over from any earlier session
     meta_sent: bool = False
     ended: bool = False  # its end entry is in Redis
+    retired: bool = False  # dropped while a pass was under way: its ring is closed
     follower: asyncio.Task[None] | None = None
 
     @property
@@ -151,6 +152,7 @@ class RedisMirror:
         if track is None:
             return
         del self._tracks[session.conversation_id]
+        track.retired = True
         self._dirty.pop(track, None)
         self._unfollow(track)
         self._drops.append((track.conversation_id, track.gen))
@@ -226,7 +228,8 @@ class RedisMirror:
         for track in tracks:
             track.opened = track.claimed = True
         for track in more:
-            self._mark(track)
+            if not track.retired:
+                self._mark(track)
 
     async def _add_track(self, pipe: Pipeline, track: Track) -> bool:
         """Queue what Redis lacks of one session; True if bytes are left for the next pass.
@@ -236,12 +239,14 @@ class RedisMirror:
             pipe.xadd(events, {"open": b"1"}, id=store.OPENED_ID)
         if not track.meta_sent:
             await self._queue_meta(pipe, track)
+        if track.retired:
+            return False
         try:
             data = ring.read(track.sent, PASS_BYTES)
         except OffsetLost:  # Redis was away longer than the ring holds: go on from what it has
-            track.sent, data = next_event(ring.start_pos, ring.read(ring.start_pos, PASS_BYTES))
+            track.sent, data = _oldest_event(ring)
         ended = ring.state is not RingState.RUNNING and track.sent + len(data) == ring.write_pos
-        for event in split_events(data, flush=ended):
+        for event in mirror_entries(data, ended):
             track.sent += len(event)
             pipe.xadd(events, {"d": event}, id=store.entry_id(track.sent), nomkstream=True,
                       minid=store.entry_id(max(0, track.sent - ring.capacity)))  # fmt: skip
@@ -272,6 +277,8 @@ class RedisMirror:
             pipe.xrevrange(store.events_key(track.gen), count=1)
         lasts = await pipe.execute()
         for track, last in zip(tracks, lasts, strict=True):
+            if track.retired:
+                continue
             track.meta_sent = False
             track.opened = bool(last)
             track.sent = store.id_offset(last[0][0]) if last else 0
@@ -339,17 +346,24 @@ class RedisMirror:
         await self._client.aclose()
 
 
-def split_events(data: bytes, flush: bool) -> list[bytes]:
-    """Whole SSE events (each ends with a blank line); with `flush`, the rest too (the end of
-    a JSON answer, or of a stream cut short)."""
-    events = []
-    start = 0
-    while (end := data.find(b"\n\n", start)) >= 0:
-        events.append(data[start : end + 2])
-        start = end + 2
-    if flush and start < len(data):
-        events.append(data[start:])
+def mirror_entries(data: bytes, ended: bool) -> list[bytes]:
+    """The stream entries for `data`, read at an event's start: its whole events, and the rest
+    once the session ended (a JSON answer's end, or a stream cut short). A full pass without an
+    event's end (a JSON answer of over PASS_BYTES) goes whole: waiting for one would stall it."""
+    events, rest = split_events(data)
+    if rest and (ended or (not events and len(data) >= PASS_BYTES)):
+        events.append(rest)
     return events
+
+
+def _oldest_event(ring: Ring) -> tuple[int, bytes]:
+    """The first event still whole in the ring, and what follows it in one pass."""
+    while True:
+        start = ring.start_pos
+        try:
+            return next_event(start, ring.read(start, PASS_BYTES))
+        except OffsetLost:  # the writer went on meanwhile
+            continue
 
 
 def next_event(offset: int, data: bytes) -> tuple[int, bytes]:

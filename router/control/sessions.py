@@ -154,7 +154,7 @@ class Streams:
         session.copying = True
         self._went_live(session)
         if self._notes is None:
-            self._notes = NoteSender(os.getpid())
+            self._notes = NoteSender(os.getpid(), timeout=0)  # on the supervisor's loop
         client, ring = self._upstream_client, session.ring
         copy = copy_upstream(client, route, api_route, body, ring, self._notes)
         with contextlib.suppress(asyncio.CancelledError):  # delete() stopped it

@@ -4,26 +4,10 @@ one JSON body), so that replay, live tail and DELETE work as for a local model."
 
 from __future__ import annotations
 
-import re
-
 from router.upstream import UpstreamClient, UpstreamRoute, chunks
 from workers.errors import ApiError
 from workers.notes import NoteSender
-from workers.ring import Media, Ring, RingState, with_event_id, write_error
-
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
-
-
-def split_events(pending: bytes) -> tuple[list[bytes], bytes]:
-    """The whole SSE events in `pending` (each ending in one blank line), and the rest."""
-    events = []
-    start = 0
-    for end in _EVENT_END.finditer(pending):
-        event = pending[start : end.start()].replace(b"\r\n", b"\n")
-        if event.strip():
-            events.append(event + b"\n\n")
-        start = end.end()
-    return events, pending[start:]
+from workers.ring import Media, Ring, RingState, split_events, with_event_id, write_error
 
 
 async def copy_upstream(
@@ -53,9 +37,10 @@ async def copy_upstream(
             started = True
             pending = b""
             async for chunk in chunks(response, route.target.base):
-                events, pending = split_events(pending + chunk)
+                events, pending = split_events((pending + chunk).replace(b"\r\n", b"\n"))
                 for event in events:
-                    ring.write(with_event_id(event, ring.write_pos))
+                    if event.strip():
+                        ring.write(with_event_id(event, ring.write_pos))
                 if events:
                     wrote()
                 if ring.cancelled:

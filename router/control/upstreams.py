@@ -6,6 +6,7 @@ changed makes the catalog be read again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,12 +45,14 @@ class UpstreamWatch:
         self._decode = msgspec.json.Decoder(ModelList).decode
 
     def start(self) -> None:
-        if self._config.upstreams or self._targets():
-            self._task = asyncio.get_running_loop().create_task(self._check_forever())
+        """Always: a catalog read again later may bring upstream models."""
+        self._task = asyncio.get_running_loop().create_task(self._check_forever())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def _targets(self) -> dict[str, UpstreamTarget]:
         """One target per server base URL of the catalog's upstream models (its API key)."""

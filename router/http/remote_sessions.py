@@ -122,9 +122,10 @@ class RemoteSessions:
             return None
         return bool(owner_alive)
 
-    async def read(self, gen: bytes, after: bytes) -> Entries:
+    async def read(self, gen: bytes, after: bytes, wait: bool) -> Entries:
+        """The entries after `after`; with `wait`, the next ones once they come."""
         reply = await self._client.xread(
-            {store.events_key(gen.decode()): after}, count=PAGE, block=BLOCK_MS
+            {store.events_key(gen.decode()): after}, count=PAGE, block=BLOCK_MS if wait else None
         )
         return cast(list[tuple[bytes, Entries]], reply)[0][1] if reply else []
 
@@ -177,10 +178,11 @@ class RemoteSessionResponse(FollowingResponse):
                 yield data[len(data) - (end - self.offset) :]
                 self.offset = end
             try:
-                if self._replayed:  # a replay of a dead owner's session ends at once
-                    self._entries = await sessions.read(self._gen, self._last_id)
-                    if self._entries:
-                        continue
+                # Whatever Redis holds is replayed first, its owner alive or not; then, while
+                # the owner lives, the tail waits for more.
+                self._entries = await sessions.read(self._gen, self._last_id, self._replayed)
+                if self._entries:
+                    continue
                 self._replayed = True
                 alive = await sessions.alive(self._conversation_id, self._gen, self._owner)
             except (RedisError, OSError) as error:
