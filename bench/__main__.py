@@ -182,7 +182,7 @@ def main() -> None:
         print("\nscheduling at --models-max 1:", json.dumps(sched, indent=2))
         results["scheduling"] = sched
     if "streams" in args.parts:
-        write_slow_llama(models / "slow.gguf")
+        slow_model(models)
         ctx = ["-c", str(args.session_tokens + 64), "--models-max", "8"]
         flow = {"llama-router": run_streams(router_target(models, work / "cache", ctx), work, args)}
         print("\nresumable streams:", json.dumps(flow, indent=2))
@@ -240,9 +240,7 @@ def main() -> None:
             args.runs,
         )
     if "http-workers" in args.parts:
-        slow = models / "slow.gguf"
-        if not slow.exists():
-            write_slow_llama(slow)
+        slow_model(models)
         flags = ["-c", "4096", "--models-max", "4"]
         results["http-workers"] = http_workers.run(
             lambda more: router_target(models, work / "cache", [*flags, *more]),
@@ -269,9 +267,7 @@ def main() -> None:
             args.requests,
         )
     if "redis-sessions" in args.parts:
-        slow = models / "slow.gguf"
-        if not slow.exists():
-            write_slow_llama(slow)
+        slow_model(models)
         results["redis-sessions"] = redis_sessions.run(
             lambda more: router_target(models, work / "cache", ["-c", "4096", *more]),
             work,
@@ -283,14 +279,19 @@ def main() -> None:
     print(f"\nraw figures: {out}   (server logs: {work})")
 
 
+def slow_model(models: Path) -> Path:
+    """A small test model of a few hundred tokens/s, written once for the parts that use it."""
+    slow = models / "slow.gguf"
+    if not slow.exists():
+        write_slow_llama(slow)
+    return slow
+
+
 def core_families(models: Path) -> dict[str, list[str]]:
     """Three names for each of two models (the same file under each name): slow-a/b/c, a small
     test model, and gemma-a/b/c, the bundled Gemma; and tiny-a."""
     families: dict[str, list[str]] = {"slow": [], "gemma": []}
-    slow = models / "slow.gguf"
-    if not slow.exists():
-        write_slow_llama(slow)
-    for family, source in (("slow", slow), ("gemma", models / "gemma.gguf")):
+    for family, source in (("slow", slow_model(models)), ("gemma", models / "gemma.gguf")):
         for letter in "abc":
             name = f"{family}-{letter}"
             link = models / f"{name}.gguf"

@@ -208,27 +208,35 @@ async def _follow(client: Client, path: str, arrivals: dict[int, float]) -> None
     client.close()
 
 
+TAIL_PATH = "/v1/stream?conv_id=tail"
+
+
+async def start_tail_session(url: str, tokens: int) -> tuple[asyncio.Task[None], dict[int, float]]:
+    """The streamed session `tail` on the slow model (loaded), once its first event came: the
+    task of its POST, and when each of its events reached the POST's client."""
+    await _load(url, SLOW)
+    body = json.dumps(completion(SLOW, tokens, stream=True, logit_bias={"2": -100})).encode()
+    original: dict[int, float] = {}
+    post = asyncio.create_task(streams._read_events(url, "/v1/completions", original, body))
+    while not original:
+        await asyncio.sleep(0.01)
+    return post, original
+
+
 async def follow_latency(url: str, main_pid: int, workers: int) -> dict[str, float]:
     """A streamed session followed at once from the main process and (N > 1) from another one:
     each follower's median delay after the POST client, and the other's delay after the main's,
     event by event."""
     await _load(url, SLOW)
-    body = json.dumps(completion(SLOW, FOLLOW_TOKENS, stream=True, logit_bias={"2": -100}))
-    original: dict[int, float] = {}
     followers: dict[str, dict[int, float]] = {"main": {}}
     if workers > 1:
         followers["other"] = {}
     # Pinned before the session starts, so that no follower misses its first live events.
     clients = {name: await Client.open_on(url, main_pid, name == "main") for name in followers}
-    post = asyncio.create_task(
-        streams._read_events(url, "/v1/completions", original, body.encode())
-    )
-    while not original:
-        await asyncio.sleep(0.01)
+    post, original = await start_tail_session(url, FOLLOW_TOKENS)
     followed = time.perf_counter()
-    path = "/v1/stream?conv_id=tail"
     await asyncio.gather(
-        post, *(_follow(clients[name], path, arrivals) for name, arrivals in followers.items())
+        post, *(_follow(clients[name], TAIL_PATH, arrivals) for name, arrivals in followers.items())
     )
     live = [event for event, at in original.items() if at > followed + 0.5]  # replay caught up
     result = {

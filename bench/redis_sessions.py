@@ -10,7 +10,6 @@ the POST client. Aim: p50 under 5 ms.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -20,28 +19,24 @@ from typing import Any
 import requests
 
 from bench import streams
-from bench.http_workers import SLOW, _load
-from bench.measure import completion, spread
+from bench.http_workers import TAIL_PATH, start_tail_session
+from bench.measure import percentile, spread
 from bench.targets import Target
 from tests.redis_server import RedisServer
 
 TOKENS = 1000  # a few seconds of events on the slow model
 AIM_MS = 5.0
-PATH = "/v1/stream?conv_id=tail"
 
 
 async def measure_one(owner: str, other: str) -> dict[str, float]:
-    await _load(owner, SLOW)
-    body = json.dumps(completion(SLOW, TOKENS, stream=True, logit_bias={"2": -100})).encode()
-    original: dict[int, float] = {}
     local: dict[int, float] = {}
     remote: dict[int, float] = {}
-    post = asyncio.create_task(streams._read_events(owner, "/v1/completions", original, body))
-    while not original:
-        await asyncio.sleep(0.01)
+    post, original = await start_tail_session(owner, TOKENS)
     await asyncio.to_thread(_wait_listed, other)
     await asyncio.gather(
-        post, streams._read_events(owner, PATH, local), streams._read_events(other, PATH, remote)
+        post,
+        streams._read_events(owner, TAIL_PATH, local),
+        streams._read_events(other, TAIL_PATH, remote),
     )
     if not remote:
         raise RuntimeError(f"replica B followed nothing of the session: {len(local)} events on A")
@@ -51,7 +46,7 @@ async def measure_one(owner: str, other: str) -> dict[str, float]:
     return {
         "events": len(live),
         "remote - local p50 ms": statistics.median(added),
-        "remote - local p90 ms": added[int(0.9 * (len(added) - 1))],
+        "remote - local p90 ms": percentile(added, 0.9),
         "local after client p50 ms": 1000
         * statistics.median(local[event] - original[event] for event in live),
         "remote after client p50 ms": 1000
@@ -63,7 +58,7 @@ def _wait_listed(url: str) -> None:
     """Until the other replica can follow the session (its copy trails the ring a little)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with requests.get(url + PATH, stream=True, timeout=10) as reply:
+        with requests.get(url + TAIL_PATH, stream=True, timeout=10) as reply:
             if reply.ok:
                 return
         time.sleep(0.01)

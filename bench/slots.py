@@ -1,9 +1,9 @@
 """`make bench ARGS=slots`: concurrent streams on one model, and a second turn's first token.
 
 Aggregate tokens per second of 1, 2, 4 and 8 concurrent Gemma streams at `-np 4`; the time to the
-first token of a second chat turn whose first turn (about 700 tokens) is cached; and the same
+first token of a second chat turn whose first turn (about 770 tokens) is cached; and the same
 after the model was swapped out for another and back (`--models-max 1`), against the first turn
-of a cold model, for that first turn and for a long one (about 2,500 tokens). Loading Gemma takes
+of a cold model, for that first turn and for a long one (about 2,800 tokens). Loading Gemma takes
 about 0.35 s of llama.cpp's own work, a floor under every swap-back, so the shorter the first
 turn, the less of it the swap-back can save.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 GEMMA_EOS = {"1": -100, "106": -100}
-# About 700 Gemma tokens of a first turn.
+# About 770 Gemma tokens of a first turn, with the chat template.
 FIRST_TURN = " ".join(f"Point {n}: the quick brown fox jumps over the lazy dog." for n in range(50))
 LONG_FIRST_TURN = " ".join(
     f"Point {n}: the quick brown fox jumps over the lazy dog." for n in range(180)

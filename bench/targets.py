@@ -55,7 +55,7 @@ class Target:
             try:
                 if requests.get(self.url + "/health", timeout=1).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # an HTTP process starting
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start; see {log_dir / self.name}.log")
@@ -93,16 +93,19 @@ def _has_amx() -> bool:
 
 
 def reference_target(binary: str, models_dir: Path, flags: list[str]) -> Target:
-    """Where the CPU has AMX, llama-server runs with --no-repack: llama-router's default there,
-    since this llama.cpp crashes on repacked quantized weights (workers/engines/llama_cpp.py)."""
-    port = free_port()
-    command = [binary, "--port", str(port), "--models-dir", str(models_dir), *flags]
-    return Target("llama-server", [*command, *(["--no-repack"] if _has_amx() else [])], port)
+    """llama-server in router mode over a models folder."""
+    return _llama_server(binary, ["--models-dir", str(models_dir), *flags])
 
 
 def single_model_reference(binary: str, model: Path, flags: list[str]) -> Target:
     """llama-server serving one model itself, as a GPU host would (its router mode closes a
     client's connection after each answer it relays)."""
+    return _llama_server(binary, ["-m", str(model), *flags])
+
+
+def _llama_server(binary: str, args: list[str]) -> Target:
+    """Where the CPU has AMX, llama-server runs with --no-repack: llama-router's default there,
+    since this llama.cpp crashes on repacked quantized weights (workers/engines/llama_cpp.py)."""
     port = free_port()
-    command = [binary, "--port", str(port), "-m", str(model), *flags]
-    return Target("llama-server", [*command, *(["--no-repack"] if _has_amx() else [])], port)
+    command = [binary, "--port", str(port), *args, *(["--no-repack"] if _has_amx() else [])]
+    return Target("llama-server", command, port)

@@ -36,12 +36,17 @@ async def latencies(url: str, model: str, clients: int, count: int) -> list[floa
     """Seconds per request of `clients` connections sending `count` requests each in turn."""
 
     async def client() -> list[float]:
+        """llama-server closes a kept-alive connection after 100 requests: open another then,
+        and count only whole requests; a connection that answered none is an error."""
         times: list[float] = []
-        while len(times) < count:  # a server may close a keep-alive connection: open another
+        while len(times) < count:
+            before = len(times)
             connection = await Client.open(url)
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 await timed_completions(connection, model, count - len(times), times)
             connection.close()
+            if len(times) == before:
+                raise RuntimeError(f"{url} closed a connection before answering on it")
         return times
 
     return [t for times in await asyncio.gather(*(client() for _ in range(clients))) for t in times]
@@ -86,18 +91,18 @@ def run(
         upstream = dataclasses.replace(
             upstream, name=f"upstream-{upstream.name}", cpus=placement.upstream_cpus
         )
-        upstream.start(work)
         preset = work / "upstream.ini"
         preset.write_text(f"[remote]\nupstream = {upstream.url}/v1\nupstream-model = {MODEL}\n")
         front = dataclasses.replace(
             make_front(preset), name="llama-router-upstream-front", cpus=placement.router_cpus
         )
-        front.start(work)
         figures: dict[str, list[dict[str, float]]] = {"direct": [], "through the router": []}
         own_cpus = os.sched_getaffinity(0)
-        if placement.router_cpus is not None:
-            os.sched_setaffinity(0, placement.router_cpus)  # the clients, beside the router
         try:
+            upstream.start(work)
+            front.start(work)
+            if placement.router_cpus is not None:
+                os.sched_setaffinity(0, placement.router_cpus)  # the clients, beside the router
             for _ in range(runs):
                 figures["direct"].append(measure(upstream.url, MODEL, count))
                 figures["through the router"].append(measure(front.url, "remote", count))
