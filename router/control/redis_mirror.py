@@ -84,20 +84,19 @@ class Track:
         return self.session.conversation_id
 
     def record(self) -> list[str]:
-        session, ring = self.session, self.session.ring
-        done = session.state is SessionState.DONE or ring.state is not RingState.RUNNING
+        session = self.session
+        done, completed_ns = session.ended()
         if done:
             state = store.StoredState.DONE
         elif session.state is SessionState.PENDING:
             state = store.StoredState.PENDING
         else:
             state = store.StoredState.LIVE
-        completed_ns = session.completed_ns or (ring.ended_ns if done else 0)
         return [
             "state", state.value,
             "started_ns", str(session.started_ns),
             "completed_ns", str(completed_ns),
-            "capacity", str(ring.capacity),
+            "capacity", str(session.ring.capacity),
         ]  # fmt: skip
 
 

@@ -63,11 +63,15 @@ class Session:
             self.completed_ns,
         )
 
-    def lookup_row(self) -> dict[str, Any]:
-        # Its readers see the end in the ring before the worker's `Ended` reaches the session:
-        # a client that has its last byte and looks the session up finds it done.
+    def ended(self) -> tuple[bool, int]:
+        """Whether it is done, and when (0 while it runs). Its readers see the end in the ring
+        before the worker's `Ended` reaches the session: a client that has its last byte and
+        looks the session up finds it done."""
         done = self.state is SessionState.DONE or self.ring.state is not RingState.RUNNING
-        completed_ns = self.completed_ns or (self.ring.ended_ns if done else 0)
+        return done, self.completed_ns or (self.ring.ended_ns if done else 0)
+
+    def lookup_row(self) -> dict[str, Any]:
+        done, completed_ns = self.ended()
         return {
             "conversation_id": self.conversation_id,
             "is_done": done,
