@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -239,6 +240,26 @@ def test_a_conversation_resumes_from_its_cache_after_its_model_was_swapped_out(
     assert second["timings"]["prompt_ms"] < first["timings"]["prompt_ms"] / 3  # sooner
     assert list(kept.glob("tiny-a-*/slot-*.bin"))  # it went in turn
     assert not list(kept.glob("slow-*/slot-*.bin"))  # brought back
+
+
+def test_a_kept_cache_is_reused_only_as_far_as_its_file_matches_the_prompt(
+    router, models_dir: Path
+) -> None:
+    """A worker stopped while it kept its slots may leave a cache file beside the token list
+    of an older one: the prompt that list invites must not be answered from the file's cells."""
+    server = router("--models-dir", str(models_dir), "--models-max", "1", "-np", "1")
+    kept_prompt, asked_prompt = [1, *[70] * 200], [1, *[80] * 200]
+    body = {"model": "slow", "max_tokens": 8, "temperature": 0, "logit_bias": NO_EOS}
+    assert server.post("/v1/completions", {**body, "prompt": kept_prompt}).ok
+    assert server.post("/v1/completions", {"model": "tiny-a", "prompt": "x"}).ok  # slow goes
+    server.wait_status("slow", "unloaded")
+    [token_list] = (server.cache_dir / "slots").glob("slow-*/slot-0.tokens")
+    token_list.write_text(json.dumps(asked_prompt))  # as an older cache's list would say
+    answer = server.post("/v1/completions", {**body, "prompt": asked_prompt}).json()
+    assert loads_of(server, "slow") == 2  # the kept file was offered to the new worker
+    assert answer["timings"]["cache_n"] <= 1  # the file shares only the BOS with the prompt
+    cold = server.post("/v1/completions", {**body, "prompt": asked_prompt, "cache_prompt": False})
+    assert answer["choices"][0]["text"] == cold.json()["choices"][0]["text"]
 
 
 def loads_of(server: RouterProcess, model: str) -> int:

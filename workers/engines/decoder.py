@@ -450,6 +450,9 @@ class Decoder:
             try:
                 if keep:  # the prompt came for this kept cache: load it now
                     self._load_slot(slot, path)
+                    # what the file holds decides, not the token list kept beside it: a worker
+                    # stopped between writing the two leaves the list of an older cache
+                    keep = min(keep, _common_prefix(slot.cached, sequence.prompt))
             except ApiError:
                 keep = 0
             finally:
