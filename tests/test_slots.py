@@ -15,6 +15,8 @@ import requests
 
 from tests.server import RouterProcess
 from tests.tinymodels import EOS_TOKEN
+from workers.engines import kept_slots
+from workers.engines.decoder import Slot
 
 NO_EOS = {str(EOS_TOKEN): -100}
 
@@ -260,6 +262,23 @@ def test_a_kept_cache_is_reused_only_as_far_as_its_file_matches_the_prompt(
     assert answer["timings"]["cache_n"] <= 1  # the file shares only the BOS with the prompt
     cold = server.post("/v1/completions", {**body, "prompt": asked_prompt, "cache_prompt": False})
     assert answer["choices"][0]["text"] == cold.json()["choices"][0]["text"]
+
+
+def test_a_worker_stopped_while_keeping_a_slot_leaves_no_older_token_list(tmp_path: Path) -> None:
+    """The list is written after the cache file; the one of the cache before must be gone by
+    then, or a stop in between pairs a new file with an old list."""
+    class StoppedWhileSaving:
+        slots = [Slot(0, cached=[1, 2, 3])]
+
+        def save(self, slot_id: int, path: Path) -> None:
+            path.write_bytes(b"a newer cache")
+            raise KeyboardInterrupt  # the worker stops here
+
+    (tmp_path / "slot-0.bin").write_bytes(b"an older cache")
+    (tmp_path / "slot-0.tokens").write_text("[1, 2]")
+    with pytest.raises(KeyboardInterrupt):
+        kept_slots.keep(StoppedWhileSaving(), tmp_path, 1 << 30)  # type: ignore[arg-type]
+    assert not (tmp_path / "slot-0.tokens").exists()
 
 
 def loads_of(server: RouterProcess, model: str) -> int:

@@ -35,6 +35,9 @@ def keep(decoder: Decoder, folder: Path, budget: int) -> None:
                 forget_kept(path)
             continue
         try:
+            # the old list goes first: a worker stopped before the new one is written leaves a
+            # file without a list, forgotten at the next load, not one beside an older list
+            path.with_suffix(".tokens").unlink(missing_ok=True)
             decoder.save(slot.seq_id, path)
             path.with_suffix(".tokens").write_text(json.dumps(slot.cached))
         except (ApiError, OSError) as error:
