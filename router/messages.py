@@ -1,10 +1,10 @@
 """Typed messages on the pipe between an HTTP process and the supervisor's process.
 
 Only control crosses here: a request asks to be admitted to a model and hears where its answer
-is, or why not; a client that leaves says so; the routes that read or change the model table
-are forwarded whole; model events come back for `/models/sse`. Response bytes never cross: a
-model worker writes them into a ring the HTTP process reads (workers/ring.py), and wakes that
-process itself (workers/notes.py).
+is, or why not (or, sent straight to its worker, says where it went); a client that leaves says
+so; the routes that read or change the model table are forwarded whole; model events come back
+for `/models/sse`. Response bytes never cross: a model worker writes them into a ring the HTTP
+process reads (workers/ring.py), and wakes that process itself (workers/notes.py).
 """
 
 from __future__ import annotations
@@ -48,6 +48,19 @@ class Admit(_Message, tag="admit", frozen=True):
     ring: str = ""
 
 
+class SentDirect(_Message, tag="sent_direct", frozen=True):
+    """The request of `call` went straight to the worker of pid `worker_pid` (a DirectRoute's)
+    as `request_id`, its answer into `ring` (then at its `uses`-th use): count the model busy
+    until the worker lets go, and tell `call` if that worker dies first."""
+
+    call: int
+    model_id: str
+    worker_pid: int
+    request_id: int
+    ring: str
+    uses: int
+
+
 class Leave(_Message, tag="leave", frozen=True):
     """The client of `call` left while it waited: drop its claim on the model."""
 
@@ -65,7 +78,7 @@ class Forward(_Message, tag="forward", frozen=True):
     body: bytes
 
 
-Request = Admit | Leave | Forward
+Request = Admit | SentDirect | Leave | Forward
 
 
 # supervisor -> HTTP process
@@ -124,7 +137,22 @@ class UpstreamRoutes(_Message, tag="upstream_routes", frozen=True):
     routes: dict[str, UpstreamRoute]
 
 
-Reply = Admitted | Refused | WorkerGone | Answer | ModelEvent | UpstreamRoutes
+class DirectRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a request for a loaded, awake model may go past the supervisor (workers/direct.py)."""
+
+    model_id: str
+    worker_pid: int
+    address: str
+
+
+class DirectRoutes(_Message, tag="direct_routes", frozen=True):
+    """Every name of the models that take requests straight now; sent whenever that changes.
+    It may be a moment late: the worker refuses what it no longer takes."""
+
+    routes: dict[str, DirectRoute]
+
+
+Reply = Admitted | Refused | WorkerGone | Answer | ModelEvent | UpstreamRoutes | DirectRoutes
 
 
 class SupervisorCodec:

@@ -14,19 +14,15 @@ from typing import Any
 import psutil
 import requests
 
+from workers.ring import segments_of
+
 ROOT = Path(__file__).resolve().parent.parent
-SHM = Path("/dev/shm")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def segments_of(pid: int) -> list[str]:
-    prefix = f"llama_router_{pid}_"
-    return sorted(name for name in os.listdir(SHM) if name.startswith(prefix))
 
 
 class RouterProcess:

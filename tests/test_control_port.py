@@ -11,8 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from router.catalog import ModelSpec
+from router.config import RouterConfig
 from router.control.dispatch import Dispatch
 from router.control.port import Outbox
+from router.control.supervisor import Supervisor
+from router.control.table import Status
+from router.messages import DirectRoute
+from router.metrics import RouterMetrics
 from workers.ring import Ring
 
 
@@ -64,5 +70,77 @@ def test_a_ring_its_http_process_reset_counts_as_finished() -> None:
         finally:
             ring.close()
             ring.unlink()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_processs_rings_are_cancelled_even_those_never_told_of() -> None:
+    """A request an HTTP process sent straight to a worker is told to the supervisor only a
+    moment later: when that process dies first, its generation still ends, because every ring
+    the process made is cancelled, known here or not."""
+    dead = 4_000_000_000  # no process has this pid
+    rings = [Ring.create(f"llama_router_{dead}_{serial}", 4096) for serial in (1, 2)]
+    try:
+        dispatch = Dispatch(lambda lease: None)
+        assert dispatch.cancel_from(dead) == []
+        assert all(ring.cancelled for ring in rings)
+        dispatch.forget(dead)
+    finally:
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+
+
+def test_a_direct_request_that_ended_before_it_was_told_of_is_settled_at_once() -> None:
+    """The worker's `Ended` may reach the supervisor before the HTTP process's word: the
+    request is then counted and let go in one step, whether its ring is done or already
+    reused."""
+
+    async def scenario() -> None:
+        ring = Ring.create(f"llama_router_{os.getpid()}_98", 4096, backpressure=True)
+        try:
+            released: list[object] = []
+            dispatch = Dispatch(released.append)
+            running = dispatch.adopt("running", 1 << 40 | 1, ring, ring.uses)  # type: ignore[arg-type]
+            assert released == [] and not running.finished.done()
+            uses = ring.uses
+            ring.finish()
+            dispatch.adopt("done", 1 << 40 | 2, ring, uses)  # type: ignore[arg-type]
+            ring.reset()
+            dispatch.adopt("reused", 1 << 40 | 3, ring, uses)  # type: ignore[arg-type]
+            assert released == ["done", "reused"]
+        finally:
+            ring.close()
+            ring.unlink()
+
+    asyncio.run(scenario())
+
+
+def test_direct_routes_name_the_ready_models_and_a_lease_needs_the_worker_it_went_to() -> None:
+    """HTTP processes send straight only to models that are loaded and awake (and not
+    draining), under every name of theirs; a request told of afterwards counts against the
+    model only if it went to the model's worker of now (an older one has exited, or is
+    exiting)."""
+
+    async def scenario() -> None:
+        spec = ModelSpec(id="a", source="models_dir", path="/a.gguf", aliases=["alias"])
+        config, metrics = RouterConfig(), RouterMetrics()
+        supervisor = Supervisor(config, {"a": spec}, lambda _: False, print, metrics)
+        model = supervisor.models["a"]
+        model.status, model.worker, model.direct = Status.LOADED, SimpleNamespace(pid=7), "@a"
+        model.mark_changed()
+        seen: list[dict[str, DirectRoute]] = []
+        supervisor.on_direct_routes(seen.append)
+        route = DirectRoute("a", 7, "@a")
+        assert seen == [{"a": route, "alias": route}]
+
+        assert supervisor.adopt("a", 8) is None
+        lease = supervisor.adopt("a", 7)
+        assert lease is not None and model.in_flight == 1
+        model.status = Status.SLEEPING
+        model.mark_changed()
+        supervisor.release(lease)  # an event read: the routes are looked at again
+        assert model.in_flight == 0
+        assert seen[-1] == {}
 
     asyncio.run(scenario())

@@ -12,9 +12,10 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.server import model_worker_pids, segments_of
+from tests.server import model_worker_pids
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
+from workers.ring import segments_of
 
 LONG_STREAM = {
     "model": "slow",

@@ -29,8 +29,9 @@ import psutil
 import pytest
 import requests
 
-from tests.server import RouterProcess, model_worker_pids, segments_of
+from tests.server import RouterProcess, model_worker_pids
 from tests.tinymodels import EOS_TOKEN
+from workers.ring import segments_of
 
 PID_HEADER = "X-Llama-Router-Pid"
 NO_EOS = {str(EOS_TOKEN): -100}
@@ -417,8 +418,9 @@ def test_inference_and_model_routes_work_through_every_process(start) -> None:
 
 
 def test_metrics_count_the_requests_of_every_process(start) -> None:
-    """`/metrics` (served by the main process) counts the requests a child served too, and a
-    CORS preflight is answered by a child as by the main process."""
+    """`/metrics` (served by the main process) counts the requests a child served too, their
+    waits for the model included, and a CORS preflight is answered by a child as by the main
+    process."""
     server = start(2, "--metrics", "--cors-origins", "http://page.example")
     main, child = main_and_child(server)
     for _ in range(5):
@@ -433,6 +435,8 @@ def test_metrics_count_the_requests_of_every_process(start) -> None:
         and 'status="2xx"' in line
     ]
     assert served == [6.0], page
+    # requests the child sent straight to the worker (all but the first, which loaded it) too
+    assert 'llamarouter_queue_wait_seconds_count{model="tiny-a"} 6.0' in page, page
     for via in (main, child):
         preflight = via.request(
             "OPTIONS",
@@ -482,17 +486,91 @@ def test_model_events_reach_subscribers_on_every_process_once(start) -> None:
             reader.stop()
 
 
+# --- requests straight to a worker ---------------------------------------------------------
+
+
+def test_a_child_sends_a_request_for_a_loaded_model_straight_to_its_worker(start) -> None:
+    """A request through a child for a loaded model goes to its worker past the supervisor: it
+    is answered while the main process is stopped (SIGSTOP). Once the main process runs again
+    the supervisor has counted that request and let go of it: with one model slot, a request
+    for another model evicts this one at once, which it could not while it counted it busy."""
+    server = start(2, "--models-max", "1")
+    main, child = main_and_child(server)
+    assert main.post("/v1/completions", json=COMPLETION).status_code == 200  # tiny-a loaded
+    assert child.post("/v1/completions", json=COMPLETION).status_code == 200
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        streamed = child.post("/v1/completions", json={**COMPLETION, "stream": True}, timeout=10)
+        plain = child.post("/v1/chat/completions", json=CHAT, timeout=10)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert streamed.status_code == 200 and streamed.content.endswith(b"data: [DONE]\n\n")
+    assert plain.status_code == 200 and plain.json()["choices"][0]["message"], plain.text
+    other = server.post("/v1/completions", {**COMPLETION, "model": "tiny-b"}, timeout=30)
+    assert other.status_code == 200, other.text
+    assert server.status("tiny-a") == "unloaded"
+
+
+def queued_at_a_stopped_worker(server: RouterProcess) -> tuple[Pinned, int, FirstByte]:
+    """tiny-a loaded, its worker stopped (SIGSTOP), and a streamed request that a child sent
+    straight to it waiting in its socket: a connection to the main process, the worker's pid
+    and the request."""
+    main, child = main_and_child(server)
+    assert main.post("/v1/completions", json=COMPLETION).status_code == 200
+    assert child.post("/v1/completions", json=COMPLETION).status_code == 200
+    worker = int(server.model("tiny-a")["pid"])
+    os.kill(worker, signal.SIGSTOP)
+    queued = FirstByte(child, {**COMPLETION, "stream": True}, since=time.monotonic())
+    time.sleep(1.5)  # long enough for its datagram to be sent, even on a busy machine
+    return main, worker, queued
+
+
+def test_a_request_queued_at_a_worker_that_stops_goes_again_through_the_supervisor(start) -> None:
+    """A request waiting on the worker's direct socket when the worker reads its unload is
+    refused unread and sent again through the supervisor, which loads the model anew for it:
+    its client sees only the answer."""
+    server = start(2)
+    main, worker, queued = queued_at_a_stopped_worker(server)
+    try:
+        assert main.post("/models/unload", json={"model": "tiny-a"}).json() == {"success": True}
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    queued.join(30)
+    assert queued.error is None and queued.status == 200, (queued.error, queued.status)
+    server.wait_log("sending a request to tiny-a again: its worker had stopped taking requests")
+    assert server.status("tiny-a") == "loaded"
+
+
+def test_a_request_sent_straight_to_a_worker_that_dies_before_reading_it_goes_again(
+    start,
+) -> None:
+    """The supervisor hears of a request sent straight to a worker a moment after it went:
+    when that worker died without reading it, its HTTP process is told, and sends it again
+    through the supervisor to the model's next worker."""
+    server = start(2)
+    _, worker, queued = queued_at_a_stopped_worker(server)
+    os.kill(worker, signal.SIGKILL)
+    queued.join(30)
+    assert queued.error is None and queued.status == 200, (queued.error, queued.status)
+    server.wait_log("sending a request to tiny-a again: its worker died first")
+    assert server.model("tiny-a")["pid"] != worker
+
+
 # --- faults --------------------------------------------------------------------------------
 
 
 def test_a_killed_child_is_replaced_and_its_stream_frees_the_model(start) -> None:
     """SIGKILL of a child HTTP process in the middle of a stream on `slow` (one slot): a new
     child is listed in `/props` within 2 s and accepts connections, and the killed child's
-    request is cancelled, so a request through the main process gets its first byte long before
-    the 3000 tokens of the killed one would have been generated."""
+    request is cancelled (whether the supervisor heard of it yet or not), so a request through
+    the main process gets its first byte long before the 3000 tokens of the killed one would
+    have been generated."""
     server = start(2, "-np", "1")
     main, child = main_and_child(server)
     poller = pin(server.url, lambda pid: pid == server.proc.pid, "the main process")
+    # loaded, so that the child sends its request straight to the worker, and is killed
+    # before it tells the supervisor of it
+    assert main.post("/v1/completions", json={**COMPLETION, "model": "slow"}).status_code == 200
     held = child.post("/v1/completions", json=completion("slow", 3000), stream=True)
     assert next(held.iter_content(None))
     os.kill(child.pid, signal.SIGKILL)

@@ -18,10 +18,11 @@ import requests
 from router.catalog import ModelSpec
 from router.control.sessions import Streams
 from router.control.table import Model
-from tests.server import RouterProcess, segments_of
+from tests.server import RouterProcess
 from tests.test_scheduling import Call, busy
 from tests.tinymodels import EOS_TOKEN
 from workers.errors import ApiError
+from workers.ring import segments_of
 from workers.session_index import follow_session
 
 NO_EOS = {str(EOS_TOKEN): -100}

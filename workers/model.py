@@ -1,4 +1,5 @@
-"""Model worker: one process, one model. Loads it, then serves requests that arrive on its pipe.
+"""Model worker: one process, one model. Loads it, then serves requests that arrive on its pipe
+or, from HTTP processes other than the main one, on its direct socket (workers/direct.py).
 
 Up to one request per slot runs at once, each in its own thread; the engine's decoder thread
 advances all their generations together. Commands other than requests wait until every request
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -25,6 +27,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import TYPE_CHECKING
 
 from workers.cores import WorkerCores
+from workers.direct import DirectInbox
 from workers.engine_counters import EngineCounters, Figure
 from workers.errors import ApiError
 from workers.notes import NoteSender
@@ -102,7 +105,6 @@ def run(
     while isinstance(command := _receive(conn, commands), Load):
         engine = _load(command.settings, send, beat, share, counters)
         beat()
-        send(Ready(engine.info()))
         if not _serve(engine, rings, conn, commands, send, beat):
             engine.keep_slots()
             break  # the process ends: the OS frees the model faster than a collection does
@@ -179,6 +181,19 @@ def _serve(
     notes = Notes(send, wakeup, NoteSender(os.getppid()))
     requests = _Requests(engine, rings, notes, wakeup)
     control: Command | None = None  # waits for the requests that came before it
+    inbox = DirectInbox()
+    send(Ready(engine.info(), inbox.address))
+    direct: DirectInbox | None = inbox  # None while asleep or stopping
+
+    def refuse(request: Infer) -> None:
+        try:
+            ring = rings.get(request.ring)
+        except FileNotFoundError:
+            notes.done(request.request_id, None)
+            return
+        ring.finish(RingState.REFUSED)
+        notes.done(request.request_id, ring)
+
     try:
         while True:
             requests.start_waiting(engine.slots)
@@ -190,15 +205,18 @@ def _serve(
                         send(Slept())
                     case Wake():
                         engine.wake()
-                        send(Woke())
+                        direct = DirectInbox()
+                        send(Woke(direct.address))
                     case Exit(recycle=recycle):
                         return recycle
                     case _:
                         return False
                 control = None
-            listening: list[Connection | int] = [wakeup.fileno]
+            listening: list[Connection | socket.socket | int] = [wakeup.fileno]
             if control is None:
                 listening.append(conn)
+            if direct is not None:
+                listening.append(direct.socket)
             ready = wait(listening, NOTE_SECONDS if notes.held else HEARTBEAT_SECONDS)
             if wakeup.fileno in ready:
                 wakeup.clear()
@@ -212,10 +230,18 @@ def _serve(
                         control = Exit(recycle=False)  # the router is gone
                     case command:
                         control = command
+                if control is not None and direct is not None:
+                    # The supervisor's word comes first: what waits beside it goes the long way.
+                    direct.close(refuse)
+                    direct = None
+            if direct is not None and direct.socket in ready:
+                requests.waiting.extend(direct.receive())
             notes.flush()
             if not requests.running:
                 beat()  # the decoder beats while requests run: a stuck decode stays silent
     finally:
+        if direct is not None:
+            direct.close(refuse)
         notes.close()
         wakeup.close()
 

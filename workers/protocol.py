@@ -1,7 +1,8 @@
 """Typed messages on the pipe between the router and a model worker.
 
 Two tagged unions: commands go to the worker, events come back. Each pipe end builds one encoder
-and one decoder and moves whole messages with `send_bytes`/`recv_bytes`.
+and one decoder and moves whole messages with `send_bytes`/`recv_bytes`. An `Infer` may also
+come straight from an HTTP process, on the worker's direct socket (workers/direct.py).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class Loading(_Message, tag="loading", frozen=True):
 
 class Ready(_Message, tag="ready", frozen=True):
     info: dict[str, Any]
+    direct: str = ""  # where HTTP processes may send requests straight (workers/direct.py)
 
 
 class LoadFailed(_Message, tag="load_failed", frozen=True):
@@ -144,7 +146,7 @@ class Slept(_Message, tag="slept", frozen=True):
 
 
 class Woke(_Message, tag="woke", frozen=True):
-    pass
+    direct: str = ""  # a new address: the one of before the sleep was shut
 
 
 class SlotAnswer(_Message, tag="slot_answer", frozen=True):

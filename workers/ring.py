@@ -44,6 +44,7 @@ class RingState(enum.IntEnum):
     RUNNING = 0
     DONE = 1
     FAILED = 2
+    REFUSED = 3  # a worker turned the request away unread (workers/direct.py): send it again
 
 
 class Media(enum.IntEnum):
@@ -307,6 +308,14 @@ class AttachedRings:
         """Unmap the rings of a process that is gone: they will never be used again."""
         for name in [name for name in self._rings if owner_of(name) == owner_pid]:
             self._rings.pop(name).close()
+
+
+def segments_of(owner_pid: int, shm_dir: str = "/dev/shm") -> list[str]:
+    """The names of the ring segments `owner_pid` made."""
+    try:
+        return [name for name in os.listdir(shm_dir) if owner_of(name) == owner_pid]
+    except FileNotFoundError:
+        return []
 
 
 def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:

@@ -3,7 +3,8 @@ the worker lets go of its ring, whichever HTTP process reads that ring.
 
 The worker tells the supervisor over its pipe when it is done with a request (`Ended`); a
 worker that exits instead fails the requests it still had, and those it never picked up may
-be sent again.
+be sent again. A request an HTTP process sent straight to a worker is adopted here once that
+process says so, and then counts the same.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,7 +20,7 @@ from router.control.processes import WorkerProcess
 from router.control.table import Lease
 from workers.errors import ApiError
 from workers.protocol import Infer
-from workers.ring import AttachedRings, Ring, RingState, owner_of
+from workers.ring import AttachedRings, Ring, RingState, owner_of, segments_of
 
 
 class Gone(NamedTuple):
@@ -60,15 +62,30 @@ class Dispatch:
         if not lease.worker.send(infer):
             self._release(lease)
             return None
+        return self._opened(lease, request_id, ring, ring.uses)
+
+    def adopt(self, lease: Lease, request_id: int, ring: Ring, uses: int) -> Dispatched:
+        """A request an HTTP process sent to the lease's worker itself (workers/direct.py), its
+        ring then at its `uses`-th use. The worker's `Ended` may have come first: a ring that
+        has moved on is settled at once."""
+        dispatched = self._opened(lease, request_id, ring, uses)
+        if ring.state is not RingState.RUNNING or ring.uses != uses:
+            self.ended(request_id)
+        return dispatched
+
+    def _opened(self, lease: Lease, request_id: int, ring: Ring, uses: int) -> Dispatched:
         finished: asyncio.Future[Gone | None] = asyncio.get_running_loop().create_future()
-        dispatched = Dispatched(request_id, ring, lease, finished, ring.uses)
+        dispatched = Dispatched(request_id, ring, lease, finished, uses)
         self._open[request_id] = dispatched
         return dispatched
 
-    def ended(self, request_id: int) -> None:
+    def ended(self, request_id: int) -> bool:
+        """Whether the request was one counted here (a direct one may end before it is)."""
         dispatched = self._open.pop(request_id, None)
-        if dispatched is not None:
-            self._settle(dispatched, None)
+        if dispatched is None:
+            return False
+        self._settle(dispatched, None)
+        return True
 
     def settle_finished(self) -> None:
         """Release the requests whose worker has finished their ring, before its `Ended`: the
@@ -106,7 +123,11 @@ class Dispatch:
         await asyncio.gather(*(d.finished for d in self._open.values()), return_exceptions=True)
 
     def cancel_from(self, owner_pid: int) -> list[asyncio.Future[Gone | None]]:
-        """An HTTP process died: end the generations of its rings; what to wait for."""
+        """An HTTP process died: end the generations of its rings, those it sent straight to a
+        worker and had not told of yet included; what to wait for (those counted here)."""
+        for name in segments_of(owner_pid):
+            with suppress(FileNotFoundError, ValueError):
+                self._attached.get(name).cancel()
         mine = [d for d in self._open.values() if owner_of(d.ring.name) == owner_pid]
         for dispatched in mine:
             dispatched.ring.cancel()

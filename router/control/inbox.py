@@ -96,6 +96,16 @@ class WorkerExited:
     spare: bool = False
 
 
+@dataclass(eq=False)
+class SentDirect:
+    """An HTTP process sent a request straight to the worker of pid `worker_pid`: count the
+    model busy (`lease`, None when that worker is no longer the model's)."""
+
+    model_id: str
+    worker_pid: int
+    lease: Lease | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class UpstreamChecked:
     """An upstream server answered its models route (`unreachable` None), or why it did not."""
@@ -120,6 +130,7 @@ InboxEvent = (
     RequestArrived
     | ClientLeft
     | Released
+    | SentDirect
     | LoadAsked
     | UnloadAsked
     | RemoveAsked

@@ -25,6 +25,8 @@ from router.messages import (
     Admit,
     Admitted,
     Answer,
+    DirectRoute,
+    DirectRoutes,
     Forward,
     Leave,
     ModelEvent,
@@ -32,6 +34,7 @@ from router.messages import (
     Refused,
     Reply,
     Request,
+    SentDirect,
     SupervisorCodec,
     UpstreamRoutes,
     WorkerGone,
@@ -95,6 +98,7 @@ class ControlPort:
         self._untap = state.events.tap(self._send_event)
         self._stop_reading_catalog = state.supervisor.on_catalog(self._send_upstreams)
         self._send_upstreams()
+        self._stop_reading_routes = state.supervisor.on_direct_routes(self._send_direct_routes)
         self._loop.add_reader(conn.fileno(), self._read)
 
     def _read(self) -> None:
@@ -107,6 +111,8 @@ class ControlPort:
                 pass
             case Admit():
                 self._spawn(request.call, self._admit(request))
+            case SentDirect():
+                self._adopt(request)
             case Forward():
                 self._spawn(request.call, self._forward(request))
             case Leave():
@@ -153,6 +159,19 @@ class ControlPort:
             reply = Refused(call, CLIENT_LEFT, b"")
         self._send(reply)
 
+    def _adopt(self, sent: SentDirect) -> None:
+        try:
+            ring = self._state.dispatch.ring(sent.ring)
+        except FileNotFoundError:
+            return  # its process is gone, and the generation with its ring
+        lease = self._state.supervisor.adopt(sent.model_id, sent.worker_pid)
+        if lease is None:  # the worker exited, with or without it
+            error = ApiError(500, f"model {sent.model_id} worker exited")
+            orphaned = not ring.taken and not ring.cancelled
+            self._send(WorkerGone(sent.call, error.status, error.json(), orphaned))
+            return
+        self._watch(sent.call, self._state.dispatch.adopt(lease, sent.request_id, ring, sent.uses))
+
     def _watch(self, call: int, dispatched: Dispatched) -> None:
         """Tell the HTTP process if the worker dies before the answer is whole."""
 
@@ -174,6 +193,9 @@ class ControlPort:
     def _send_upstreams(self) -> None:
         self._send(UpstreamRoutes(self._state.supervisor.upstream_routes()))
 
+    def _send_direct_routes(self, routes: dict[str, DirectRoute]) -> None:
+        self._send(DirectRoutes(routes))
+
     def _send(self, reply: Reply) -> None:
         self._outbox.put(self._codec.encode(reply))
 
@@ -183,6 +205,7 @@ class ControlPort:
             return
         self._untap()
         self._stop_reading_catalog()
+        self._stop_reading_routes()
         self._loop.remove_reader(self._conn.fileno())
         self._outbox.close()
         self._conn.close()

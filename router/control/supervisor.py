@@ -49,6 +49,7 @@ from router.control.inbox import (
     Released,
     RemoveAsked,
     RequestArrived,
+    SentDirect,
     Stop,
     Tick,
     UnloadAsked,
@@ -61,6 +62,7 @@ from router.control.policy import Drain, Drop, Evict, Start, Undrain, next_step,
 from router.control.processes import SpareWorkers, WorkerProcess, apply_poll
 from router.control.table import Lease, Model, Status, load_progress
 from router.gguf_memory import memory_needed
+from router.messages import DirectRoute
 from router.metrics import RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.upstream import UpstreamRoute
@@ -139,7 +141,7 @@ class Supervisor:
         self,
         config: RouterConfig,
         specs: dict[str, ModelSpec],
-        on_ended: Callable[[int], None],
+        on_ended: Callable[[int], bool],
         on_worker_gone: Callable[[WorkerProcess], None],
         metrics: RouterMetrics,
         settle_finished: Callable[[], None] = lambda: None,
@@ -165,6 +167,9 @@ class Supervisor:
         self._removals: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for the worker
         self._upstreams_down: dict[str, str | None] = {}  # why each upstream server is not up
         self._catalog_readers: list[Callable[[], None]] = []
+        self._direct_readers: list[Callable[[dict[str, DirectRoute]], None]] = []
+        self._direct_routes: dict[str, DirectRoute] = {}
+        self._direct_version = -1  # of the table, when the routes were last worked out
         apply_poll(config.poll)
         self.cores = CoreTable(config.threads)
         self._core_meter = CoreMeter(self.cores, config.threads)
@@ -194,6 +199,38 @@ class Supervisor:
         """Call `reader` after every new catalog; returns how to stop."""
         self._catalog_readers.append(reader)
         return lambda: self._catalog_readers.remove(reader)
+
+    def on_direct_routes(
+        self, reader: Callable[[dict[str, DirectRoute]], None]
+    ) -> Callable[[], None]:
+        """Call `reader` with the direct routes now and whenever they change; returns how to
+        stop."""
+        self._direct_readers.append(reader)
+        self._direct_version = -1
+        if not self._refresh_direct_routes():
+            reader(self._direct_routes)
+        return lambda: self._direct_readers.remove(reader)
+
+    def _refresh_direct_routes(self) -> bool:
+        """Tell the readers every name of the models that take requests straight now, if that
+        changed: the ready ones, unless fake timing must hold each request here first."""
+        if not self._direct_readers:  # one HTTP process: nobody sends straight
+            return False
+        version = sum(model.version for model in self.models.values())
+        if version == self._direct_version:
+            return False
+        self._direct_version = version
+        routes = {
+            name: DirectRoute(model.id, model.worker.pid, model.direct)
+            for name, model_id in self.names.items()
+            if (model := self.models[model_id]).ready and model.direct and model.worker
+        }
+        if self.config.debug_fake_timing or routes == self._direct_routes:
+            return False
+        self._direct_routes = routes
+        for reader in list(self._direct_readers):
+            reader(routes)
+        return True
 
     # --- events out ---------------------------------------------------------------------------
 
@@ -340,13 +377,38 @@ class Supervisor:
             self.queue.remove(model)
             self._pump()
 
+    def adopt(self, model_id: str, worker_pid: int) -> Lease | None:
+        """The lease of a request an HTTP process sent straight to the worker of `worker_pid`
+        (workers/direct.py); None when that worker is no longer the model's."""
+        sent = SentDirect(model_id, worker_pid)
+        self.post(sent)
+        return sent.lease
+
+    def _adopt(self, sent: SentDirect) -> None:
+        model = self.models.get(sent.model_id)
+        worker = model.worker if model is not None else None
+        if model is None or worker is None or worker.pid != sent.worker_pid:
+            return
+        sent.lease = self._lease(model, worker, touch=True)
+
+    @staticmethod
+    def _served_directly(model: Model) -> None:
+        """A request that an HTTP process sent straight to the worker ended before that process
+        told of it (it tells only of those still running a moment later): the model was used."""
+        model.last_used = time.monotonic()
+        if model.in_flight == 0:
+            model.idle_since = model.last_used
+
     def _lease_now(self, model: Model, touch: bool) -> Lease | None:
         if not model.ready or model.worker is None:
             return None
+        return self._lease(model, model.worker, touch)
+
+    def _lease(self, model: Model, worker: WorkerProcess, touch: bool) -> Lease:
         model.in_flight += 1
         if touch:
             model.last_used = time.monotonic()
-        return Lease(model, model.worker, touch)
+        return Lease(model, worker, touch)
 
     def _release(self, lease: Lease) -> None:
         if lease.released:
@@ -484,6 +546,7 @@ class Supervisor:
                 case Drain(model=model, head=head):
                     log.info("draining %s to make room for %s", model.id, head.id)
                     model.draining = True
+                    model.mark_changed()  # no event: it only stops taking requests
                     return
                 case Undrain(models=models):
                     for model in models:
@@ -578,7 +641,8 @@ class Supervisor:
     def _on_event(self, model: Model, worker: WorkerProcess, event: Event) -> None:
         match event:
             case Ended():
-                self._on_ended(event.request_id)
+                if not self._on_ended(event.request_id):
+                    self._served_directly(model)
             case _ if model.worker is not worker:
                 return
             case Loading():
@@ -590,6 +654,7 @@ class Supervisor:
             case Ready():
                 model.status = Status.LOADED
                 model.info = event.info
+                model.direct = event.direct
                 model.progress = None
                 model.last_used = model.idle_since = time.monotonic()
                 self.metrics.loads.labels(model.id).inc()
@@ -602,7 +667,10 @@ class Supervisor:
             case LoadFailed():
                 model.load_error = event.message
                 log.error("%s", event.message)
-            case Slept() | Woke():
+            case Woke():
+                model.direct = event.direct
+                model.mark_changed()
+            case Slept():
                 pass
 
     def _on_exit(self, model: Model, worker: WorkerProcess, code: int) -> None:
@@ -664,6 +732,7 @@ class Supervisor:
                 model = self.models[model_id]
                 model.checked, model.unreachable = True, self._upstreams_down[spec.upstream.base]
         self._rebuild_names()
+        self._direct_version = -1  # the names changed
         self._publish("*", "models_reload", None)
         for reader in list(self._catalog_readers):
             reader()
@@ -750,6 +819,7 @@ class Supervisor:
         try:
             while self._inbox:
                 self._read(self._inbox.popleft())
+            self._refresh_direct_routes()
         finally:
             self._reading = False
 
@@ -769,6 +839,8 @@ class Supervisor:
                 self._left(want)
             case Released(lease=lease):
                 self._release(lease)
+            case SentDirect():
+                self._adopt(event)
             case LoadAsked(model=model, reply=reply):
                 self._load(model, reply)
             case UnloadAsked(model=model, reply=reply):

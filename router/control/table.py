@@ -54,6 +54,9 @@ class Model:
     # an upstream model's: whether its server was asked yet, and why it did not answer
     checked: bool = False
     unreachable: str | None = None
+    # where HTTP processes send requests straight to its worker while it is ready
+    # (workers/direct.py); the worker's address since it last loaded or woke
+    direct: str = ""
 
     @property
     def id(self) -> str:

@@ -76,7 +76,7 @@ def create_http_app(config: RouterConfig, conn: Connection, process: int) -> Sta
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         watch.start()
-        http.control = RemoteControl(conn, events)
+        http.control = RemoteControl(conn, events, metrics)
         try:
             yield
         finally:

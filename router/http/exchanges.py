@@ -110,6 +110,11 @@ class Exchange:
             return False
         return not self.admitted or self.worker_gone or self.ring.state is not RingState.RUNNING
 
+    @property
+    def refused(self) -> bool:
+        """Whether the worker it was sent to straight turned it away unread (workers/direct.py)."""
+        return self.ring.state is RingState.REFUSED
+
     def sent(self, model_id: str, waited: float) -> None:
         self.admitted = True
         self.model_id, self.waited, self.sent_ns = model_id, waited, time.monotonic_ns()

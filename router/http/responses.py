@@ -69,7 +69,8 @@ class FollowingResponse:
 class RingResponse(FollowingResponse):
     """Relays one request's ring. A request that a dying worker never picked up is sent again,
     through `resend`, to the model's next worker, instead of failing; no worker has run it, so
-    it cannot be what killed them. `resend` stops at the request's --timeout."""
+    it cannot be what killed them. So is one that a worker refused unread (sent straight to
+    it as it stopped or slept). `resend` stops at the request's --timeout."""
 
     def __init__(
         self,
@@ -118,9 +119,10 @@ class RingResponse(FollowingResponse):
             exchange = self.exchange
             while exchange.ring.write_pos == 0 and exchange.running and not self._gone:
                 await self._wait()
-            if self._gone or not exchange.orphaned:
+            if self._gone or not (exchange.orphaned or exchange.refused):
                 return
-            log.info("sending a request to %s again: its worker died first", exchange.model_id)
+            why = "had stopped taking requests" if exchange.refused else "died first"
+            log.info("sending a request to %s again: its worker %s", exchange.model_id, why)
             self._close(exchange)
             self._closed = True
             replacement = await unless(self._resend(), self._left.wait())
