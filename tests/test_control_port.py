@@ -13,10 +13,11 @@ import pytest
 
 from router.catalog import ModelSpec
 from router.config import RouterConfig
+from router.control.direct_routes import DirectRoutesPublisher
 from router.control.dispatch import Dispatch
 from router.control.port import Outbox
 from router.control.supervisor import Supervisor
-from router.control.table import Status
+from router.control.table import Model, Status
 from router.messages import DirectRoute
 from router.metrics import RouterMetrics
 from workers.ring import Ring
@@ -144,3 +145,14 @@ def test_direct_routes_name_the_ready_models_and_a_lease_needs_the_worker_it_wen
         assert seen[-1] == {}
 
     asyncio.run(scenario())
+
+
+def test_under_fake_timing_no_request_goes_straight() -> None:
+    """LLAMA_SERVER_DEBUG_FAKE_TIMING holds each request in the supervisor for a while: a
+    request sent straight to the worker would skip that hold."""
+    model = Model(ModelSpec(id="a", source="models_dir", path="/a.gguf"))
+    model.status, model.worker, model.direct = Status.LOADED, SimpleNamespace(pid=7), "@a"
+    for enabled, expected in ((True, {"a": DirectRoute("a", 7, "@a")}), (False, {})):
+        seen: list[dict[str, DirectRoute]] = []
+        DirectRoutesPublisher(enabled).subscribe(seen.append, {"a": model}, {"a": "a"})
+        assert seen == [expected]

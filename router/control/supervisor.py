@@ -41,6 +41,7 @@ import psutil
 from router.catalog import ModelSpec
 from router.config import RouterConfig
 from router.control.cores import CoreMeter
+from router.control.direct_routes import DirectRoutesPublisher, Reader
 from router.control.inbox import (
     CatalogRead,
     ClientLeft,
@@ -62,7 +63,6 @@ from router.control.policy import Drain, Drop, Evict, Start, Undrain, next_step,
 from router.control.processes import SpareWorkers, WorkerProcess, apply_poll
 from router.control.table import Lease, Model, Status, load_progress
 from router.gguf_memory import memory_needed
-from router.messages import DirectRoute
 from router.metrics import RouterMetrics
 from router.model_settings import CACHE_TYPE_BYTES, model_settings
 from router.upstream import UpstreamRoute
@@ -167,9 +167,7 @@ class Supervisor:
         self._removals: list[tuple[Model, asyncio.Future[None]]] = []  # waiting for the worker
         self._upstreams_down: dict[str, str | None] = {}  # why each upstream server is not up
         self._catalog_readers: list[Callable[[], None]] = []
-        self._direct_readers: list[Callable[[dict[str, DirectRoute]], None]] = []
-        self._direct_routes: dict[str, DirectRoute] = {}
-        self._direct_version = -1  # of the table, when the routes were last worked out
+        self._direct_routes = DirectRoutesPublisher(enabled=not config.debug_fake_timing)
         apply_poll(config.poll)
         self.cores = CoreTable(config.threads)
         self._core_meter = CoreMeter(self.cores, config.threads)
@@ -200,37 +198,10 @@ class Supervisor:
         self._catalog_readers.append(reader)
         return lambda: self._catalog_readers.remove(reader)
 
-    def on_direct_routes(
-        self, reader: Callable[[dict[str, DirectRoute]], None]
-    ) -> Callable[[], None]:
+    def on_direct_routes(self, reader: Reader) -> Callable[[], None]:
         """Call `reader` with the direct routes now and whenever they change; returns how to
         stop."""
-        self._direct_readers.append(reader)
-        self._direct_version = -1
-        if not self._refresh_direct_routes():
-            reader(self._direct_routes)
-        return lambda: self._direct_readers.remove(reader)
-
-    def _refresh_direct_routes(self) -> bool:
-        """Tell the readers every name of the models that take requests straight now, if that
-        changed: the ready ones, unless fake timing must hold each request here first."""
-        if not self._direct_readers:  # one HTTP process: nobody sends straight
-            return False
-        version = sum(model.version for model in self.models.values())
-        if version == self._direct_version:
-            return False
-        self._direct_version = version
-        routes = {
-            name: DirectRoute(model.id, model.worker.pid, model.direct)
-            for name, model_id in self.names.items()
-            if (model := self.models[model_id]).ready and model.direct and model.worker
-        }
-        if self.config.debug_fake_timing or routes == self._direct_routes:
-            return False
-        self._direct_routes = routes
-        for reader in list(self._direct_readers):
-            reader(routes)
-        return True
+        return self._direct_routes.subscribe(reader, self.models, self.names)
 
     # --- events out ---------------------------------------------------------------------------
 
@@ -732,7 +703,7 @@ class Supervisor:
                 model = self.models[model_id]
                 model.checked, model.unreachable = True, self._upstreams_down[spec.upstream.base]
         self._rebuild_names()
-        self._direct_version = -1  # the names changed
+        self._direct_routes.names_changed()
         self._publish("*", "models_reload", None)
         for reader in list(self._catalog_readers):
             reader()
@@ -819,7 +790,7 @@ class Supervisor:
         try:
             while self._inbox:
                 self._read(self._inbox.popleft())
-            self._refresh_direct_routes()
+            self._direct_routes.refresh(self.models, self.names)
         finally:
             self._reading = False
 
