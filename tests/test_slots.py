@@ -287,9 +287,10 @@ def loads_of(server: RouterProcess, model: str) -> int:
 
 def test_silence_is_counted_from_when_a_slot_takes_the_request(router, models_dir: Path) -> None:
     """A wait in line is not silence: with one slot, a request that waited behind another for
-    most of --timeout still has the whole --timeout for its own work."""
+    most of --timeout still has the whole --timeout for its own work. Its own work (1000 tokens,
+    about 3 s on `slow`) is well within --timeout, and with the wait before it well beyond."""
     server = router(
-        "--models-dir", str(models_dir), "-np", "1", "--timeout", "6",
+        "--models-dir", str(models_dir), "-np", "1", "--timeout", "8",
         "--response-buffer-bytes", "16384",
     )  # fmt: skip
     complete(server, "slow", 2)
@@ -303,9 +304,9 @@ def test_silence_is_counted_from_when_a_slot_takes_the_request(router, models_di
     with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=60) as held:
         lines = held.iter_lines()
         assert next(lines)  # then not read: its ring fills and it keeps the only slot
-        waiting = ThreadPoolExecutor(1).submit(complete, server, "slow", 1800)  # not streamed
-        time.sleep(4.5)
-    assert waiting.result()["usage"]["completion_tokens"] == 1800
+        waiting = ThreadPoolExecutor(1).submit(complete, server, "slow", 1000)  # not streamed
+        time.sleep(6)
+    assert waiting.result()["usage"]["completion_tokens"] == 1000
 
 
 def test_a_number_of_slots_splits_the_context_as_llama_server_does(
