@@ -13,6 +13,7 @@ hears that a request `Ended`, for the supervisor to count the model free again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -187,12 +188,13 @@ def _serve(
 
     def refuse(request: Infer) -> None:
         try:
-            ring = rings.get(request.ring)
+            ring: Ring | None = rings.get(request.ring)
         except FileNotFoundError:
-            notes.done(request.request_id, None)
-            return
-        ring.finish(RingState.REFUSED)
-        notes.done(request.request_id, ring)
+            ring = None  # its HTTP process is gone
+        if ring is not None:
+            ring.finish(RingState.REFUSED)
+        with contextlib.suppress(OSError):  # the router is gone: nobody counts it
+            notes.done(request.request_id, ring)
 
     try:
         while True:
@@ -232,8 +234,8 @@ def _serve(
                         control = command
                 if control is not None and direct is not None:
                     # The supervisor's word comes first: what waits beside it goes the long way.
-                    direct.close(refuse)
-                    direct = None
+                    closing, direct = direct, None
+                    closing.close(refuse)
             if direct is not None and direct.socket in ready:
                 requests.waiting.extend(direct.receive())
             notes.flush()
