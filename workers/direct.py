@@ -4,7 +4,8 @@ A relayed request would cost two process wakes more than one served in the main 
 the supervisor, which leases the model, and on to the worker. So while a model is loaded and
 awake, its worker also listens on an abstract UNIX datagram socket, whose address the
 supervisor hands to every HTTP process with the model's names; a request for it goes there as
-one datagram (an `Infer`), and the supervisor is told afterwards, only to count the model busy.
+one datagram (an `Infer`). The supervisor hears of it a moment later if it still runs, to count
+the model busy and to report a worker that dies first; of a shorter one, from the worker.
 
 The worker stays the arbiter: once it reads a command that stops or sleeps the model, it shuts
 its socket (a sender then fails at once and goes through the supervisor) and turns away every
