@@ -51,7 +51,7 @@ lint: install-test
 
 # The suite, then its core once more with two HTTP processes (requests land on either one).
 HTTP_WORKERS_TESTS := tests/test_streams.py tests/test_inference.py tests/test_events.py \
-	tests/test_models_api.py tests/test_scheduling.py
+	tests/test_models_api.py tests/test_scheduling.py tests/test_fuzz.py
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

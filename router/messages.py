@@ -9,6 +9,8 @@ process reads (workers/ring.py), and wakes that process itself (workers/notes.py
 
 from __future__ import annotations
 
+import asyncio
+import os
 import select
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -169,6 +171,17 @@ class HttpCodec:
     def __init__(self) -> None:
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode = msgspec.msgpack.Decoder(Reply).decode
+
+
+def read_when_ready(
+    loop: asyncio.AbstractEventLoop, conn: Connection, callback: Callable[[], None]
+) -> None:
+    """Call `callback` whenever `conn` has bytes to read. uvloop (libuv) makes the file it
+    watches non-blocking, and a Connection moves a message larger than the socket's buffer
+    only on a blocking one: it would read half of it, or write half and fail, and every later
+    message on that pipe would be garbage."""
+    loop.add_reader(conn.fileno(), callback)
+    os.set_blocking(conn.fileno(), True)
 
 
 class PipeReader(Generic[T]):

@@ -288,3 +288,20 @@ def test_a_seed_holds_for_its_own_request_only(tiny_router) -> None:
 
     assert sample(seed=42) == sample(seed=42)
     assert len({sample(), sample(), sample()}) > 1  # unseeded requests do not inherit 42
+
+
+def test_a_body_larger_than_a_pipe_buffer_reaches_the_worker_whole(tiny_router) -> None:
+    """A 1.2 MB body (far beyond a pipe's buffer; a prompt of token ids, which costs nothing
+    to tokenize) travels whole to the worker, which answers that it exceeds the context, and
+    lives; so do the other pipes it crosses (with several HTTP processes, the one to the
+    supervisor). Over a pipe left non-blocking, it was cut and everything after it was
+    garbage: the worker was killed and later requests hung."""
+    text = {"model": "tiny-a", "max_tokens": 2}
+    assert tiny_router.post("/v1/completions", {**text, "prompt": "x"}).status_code == 200
+    pid = tiny_router.model("tiny-a")["pid"]
+    for _ in range(2):
+        reply = tiny_router.post("/v1/completions", {**text, "prompt": [5] * 400_000})
+        assert reply.status_code == 400, reply.text
+        assert "exceeds the available context size" in reply.json()["error"]["message"]
+    assert tiny_router.post("/v1/completions", {**text, "prompt": "x"}).status_code == 200
+    assert tiny_router.model("tiny-a")["pid"] == pid

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from router import hub
 from router.catalog import CACHE_MODELS_DIR
 from router.control.processes import signal_group
+from router.messages import read_when_ready
 from workers import download as download_worker
 from workers.download import DownloadFile, DownloadJob, Failed, Finished, Progress, report_decoder
 from workers.errors import ApiError
@@ -127,7 +128,7 @@ class Downloads:
         download = Download(job, process, parent)
         self._active[job.model_id] = download
         loop = asyncio.get_running_loop()
-        loop.add_reader(parent.fileno(), self._read, download)
+        read_when_ready(loop, parent, lambda: self._read(download))
         loop.add_reader(process.sentinel, self._reap, download)
         log.info("downloading %s into %s", job.model_id, job.folder)
         self._publish(job.model_id, "model_status", {"status": "downloading"})

@@ -38,6 +38,7 @@ from router.messages import (
     SupervisorCodec,
     UpstreamRoutes,
     WorkerGone,
+    read_when_ready,
 )
 from router.upstream import UpstreamRoute
 from workers.errors import ApiError
@@ -99,7 +100,7 @@ class ControlPort:
         self._stop_reading_catalog = state.supervisor.on_catalog(self._send_upstreams)
         self._send_upstreams()
         self._stop_reading_routes = state.supervisor.on_direct_routes(self._send_direct_routes)
-        self._loop.add_reader(conn.fileno(), self._read)
+        read_when_ready(self._loop, conn, self._read)
 
     def _read(self) -> None:
         if not self._reader.read():

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from router.messages import read_when_ready
 from workers import model as model_worker
 from workers.cores import CoreTable
 from workers.engine_counters import EngineCounters
@@ -88,7 +89,7 @@ class WorkerProcess:
         self._released: asyncio.Future[None] | None = None
         self._answers: dict[int, asyncio.Future[SlotAnswer]] = {}
         self._queries = itertools.count(1)
-        self._loop.add_reader(self.conn.fileno(), self._read_events)
+        read_when_ready(self._loop, self.conn, self._read_events)
         self._loop.add_reader(self.process.sentinel, self._reap)
 
     @property

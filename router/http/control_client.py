@@ -31,6 +31,7 @@ from router.messages import (
     SentDirect,
     UpstreamRoutes,
     WorkerGone,
+    read_when_ready,
 )
 from router.metrics import RouterMetrics
 from router.upstream import UpstreamRoute
@@ -66,7 +67,7 @@ class RemoteControl:
         self._pid = os.getpid()
         self._untold: list[tuple[SentDirect, Ring]] = []  # sent straight, not yet told of
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(conn.fileno(), self._read)
+        read_when_ready(self._loop, conn, self._read)
 
     def _read(self) -> None:
         if not self._reader.read():
